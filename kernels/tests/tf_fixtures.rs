@@ -190,8 +190,9 @@ fn compare(key: &str, got: &Tensor, want: &Value) -> Check {
     let mut bad = 0usize;
     for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
         let err = (g - w).abs();
-        // NaN in either side fails (`!(err <= tol)`).
-        if !(err <= ATOL + RTOL * w.abs()) {
+        let within = err <= ATOL + RTOL * w.abs();
+        // A NaN on either side fails (`within` is false for NaN).
+        if !within {
             bad += 1;
             if worst.is_none_or(|(_, e)| err > e || err.is_nan()) {
                 worst = Some((i, err));
