@@ -127,10 +127,13 @@ impl Node {
     /// float kernels.
     pub fn require_f32(&self, attr: &str) -> Result<()> {
         if self.attrs.contains_key(attr) {
-            let t = self.attr_dtype(attr)?;
-            if t != DType::F32 {
-                return Err(self.unsupported_attr(attr, format!("{t} (only float32 is supported)")));
-            }
+            let name = match self.attr_dtype(attr) {
+                Ok(DType::F32) => return Ok(()),
+                Ok(t) => t.to_string(),
+                Err(Error::UnsupportedDType { dtype, .. }) => dtype,
+                Err(e) => return Err(e),
+            };
+            return Err(self.unsupported_attr(attr, format!("{name} (only float32 is supported)")));
         }
         Ok(())
     }
