@@ -38,7 +38,9 @@ fn unknown_batch_accepts_any_size() {
     let s = reshape_graph();
     for batch in [1usize, 4, 7] {
         let x = rand_f32(&[batch, 2, 3], batch as u64);
-        let out = s.run(&[(t("x"), x.clone())], &[t("y"), t("shape")], &[]).unwrap();
+        let out = s
+            .run(&[(t("x"), x.clone())], &[t("y"), t("shape")], &[])
+            .unwrap();
         assert_eq!(out[0].shape(), &[batch, 6]);
         assert_eq!(out[0].to_f64_vec(), x.to_f64_vec());
         assert_eq!(out[1], ints(&[batch as i32, 2, 3]));
@@ -55,8 +57,13 @@ fn feed_shape_that_does_not_fit_names_the_placeholder() {
         .unwrap_err();
     assert!(matches!(err, Error::FeedShape { .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("\"x\"") && msg.contains("[?, 2, 3]") && msg.contains("[2, 3, 2]"), "{msg}");
-    let err = s.run(&[(t("x"), rand_f32(&[6], 0))], &[t("y")], &[]).unwrap_err();
+    assert!(
+        msg.contains("\"x\"") && msg.contains("[?, 2, 3]") && msg.contains("[2, 3, 2]"),
+        "{msg}"
+    );
+    let err = s
+        .run(&[(t("x"), rand_f32(&[6], 0))], &[t("y")], &[])
+        .unwrap_err();
     assert!(err.to_string().contains("\"x\""), "{err}");
 }
 
@@ -64,21 +71,45 @@ fn feed_shape_that_does_not_fit_names_the_placeholder() {
 fn missing_feed_names_the_placeholder() {
     let s = reshape_graph();
     let msg = s.run(&[], &[t("y")], &[]).unwrap_err().to_string();
-    assert!(msg.contains("\"x\"") && msg.contains("must be fed") && msg.contains("float32"), "{msg}");
+    assert!(
+        msg.contains("\"x\"") && msg.contains("must be fed") && msg.contains("float32"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn unknown_fetches_feeds_and_targets_are_named() {
     let s = reshape_graph();
     let x = rand_f32(&[1, 2, 3], 0);
-    let msg = s.run(&[(t("x"), x.clone())], &[t("logits")], &[]).unwrap_err().to_string();
-    assert!(msg.contains("unknown fetch") && msg.contains("logits"), "{msg}");
-    let msg = s.run(&[(t("x"), x.clone())], &[t("y:1")], &[]).unwrap_err().to_string();
-    assert!(msg.contains("unknown fetch") && msg.contains("y:1"), "{msg}");
-    let msg = s.run(&[(t("x"), x.clone())], &[], &["train".into()]).unwrap_err().to_string();
+    let msg = s
+        .run(&[(t("x"), x.clone())], &[t("logits")], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("unknown fetch") && msg.contains("logits"),
+        "{msg}"
+    );
+    let msg = s
+        .run(&[(t("x"), x.clone())], &[t("y:1")], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("unknown fetch") && msg.contains("y:1"),
+        "{msg}"
+    );
+    let msg = s
+        .run(&[(t("x"), x.clone())], &[], &["train".into()])
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("train"), "{msg}");
-    let msg = s.run(&[(t("input:0"), x.clone())], &[t("y")], &[]).unwrap_err().to_string();
-    assert!(msg.contains("unknown feed") && msg.contains("input:0"), "{msg}");
+    let msg = s
+        .run(&[(t("input:0"), x.clone())], &[t("y")], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("unknown feed") && msg.contains("input:0"),
+        "{msg}"
+    );
     let msg = s
         .run(&[(t("x"), x.clone()), (t("x:0"), x)], &[t("y")], &[])
         .unwrap_err()
@@ -101,7 +132,10 @@ fn lossless_feeds_are_cast_and_lossy_ones_refused() {
     let err = s.run(&[(t("x"), lossy)], &[t("y")], &[]).unwrap_err();
     assert!(matches!(err, Error::FeedDType { .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("\"x\"") && msg.contains("float64") && msg.contains("0.1"), "{msg}");
+    assert!(
+        msg.contains("\"x\"") && msg.contains("float64") && msg.contains("0.1"),
+        "{msg}"
+    );
 
     // An int32 placeholder takes int64 values that fit, not ones that do not.
     let s = Session::new(graph(vec![
@@ -113,8 +147,14 @@ fn lossless_feeds_are_cast_and_lossy_ones_refused() {
     let out = s.run(&[(t("labels"), ok)], &[t("l")], &[]).unwrap();
     assert_eq!(out[0], Tensor::new(vec![3], vec![0i32, 9, 99]).unwrap());
     let big = Tensor::new(vec![1], vec![1i64 << 33]).unwrap();
-    let msg = s.run(&[(t("labels"), big)], &[t("l")], &[]).unwrap_err().to_string();
-    assert!(msg.contains("\"labels\"") && msg.contains("8589934592"), "{msg}");
+    let msg = s
+        .run(&[(t("labels"), big)], &[t("l")], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("\"labels\"") && msg.contains("8589934592"),
+        "{msg}"
+    );
     let b = Tensor::new(vec![1], vec![true]).unwrap();
     assert!(s.run(&[(t("labels"), b)], &[t("l")], &[]).is_err());
 }
@@ -124,8 +164,14 @@ fn placeholder_with_default_is_optional() {
     let s = Session::new(graph(vec![
         konst("d", &Tensor::new(vec![2], vec![1f32, 2.]).unwrap()),
         op("p", "PlaceholderWithDefault", &["d"])
-            .attr("dtype", AttrValue::from_type(psflow_proto::tensorflow::DataType::DtFloat))
-            .attr("shape", AttrValue::from_shape(Shape::Known(vec![-1]).to_proto())),
+            .attr(
+                "dtype",
+                AttrValue::from_type(psflow_proto::tensorflow::DataType::DtFloat),
+            )
+            .attr(
+                "shape",
+                AttrValue::from_shape(Shape::Known(vec![-1]).to_proto()),
+            ),
         konst("two", &ints(&[2, 1])),
         op("r", "Reshape", &["p", "two"]),
     ]))
@@ -137,7 +183,10 @@ fn placeholder_with_default_is_optional() {
     assert_eq!(out[0], Tensor::new(vec![2, 1], vec![5f32, 6.]).unwrap());
     // Feeding the default's value changes nothing about the static shape,
     // which stays what the placeholder declares.
-    assert_eq!(s.tensor_info(&t("p")).unwrap().shape, Shape::Known(vec![-1]));
+    assert_eq!(
+        s.tensor_info(&t("p")).unwrap().shape,
+        Shape::Known(vec![-1])
+    );
     let ph = s.placeholders();
     assert_eq!(ph.len(), 1);
     assert!(ph[0].has_default);
@@ -149,11 +198,15 @@ fn fetching_fed_tensors_and_running_targets() {
     let x = rand_f32(&[2, 2, 3], 3);
     // Feeding an intermediate tensor replaces its producer.
     let flat = rand_f32(&[5, 6], 4);
-    let out = s.run(&[(t("flat"), flat.clone())], &[t("y"), t("flat")], &[]).unwrap();
+    let out = s
+        .run(&[(t("flat"), flat.clone())], &[t("y"), t("flat")], &[])
+        .unwrap();
     assert_eq!(out[0], flat);
     assert_eq!(out[1], flat);
     // Targets run but return nothing; the same fetch twice is fine.
-    let out = s.run(&[(t("x"), x.clone())], &[t("y"), t("y")], &["shape".into()]).unwrap();
+    let out = s
+        .run(&[(t("x"), x.clone())], &[t("y"), t("y")], &["shape".into()])
+        .unwrap();
     assert_eq!(out.len(), 2);
     assert_eq!(out[0], out[1]);
 }
@@ -190,7 +243,11 @@ fn last_consumer_gets_the_buffer() {
     let s = Session::with_registry(g, &r).unwrap();
     let x = rand_f32(&[2], 0);
     let out = s
-        .run(&[(t("x"), x)], &[t("check"), t("check_fetched"), t("twos")], &[])
+        .run(
+            &[(t("x"), x)],
+            &[t("check"), t("check_fetched"), t("twos")],
+            &[],
+        )
         .unwrap();
     // `ones` has one consumer and is not fetched: handed over, not copied.
     assert_eq!(out[0], Tensor::scalar(true));
@@ -227,7 +284,10 @@ fn independent_nodes_run_in_parallel() {
         op("b", "Rendezvous", &["^start"]),
     ]);
     let s = Session::with_registry(g, &r).unwrap();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
     let out = pool.install(|| s.run(&[], &[t("a"), t("b")], &[])).unwrap();
     assert_eq!(out, vec![Tensor::scalar(true), Tensor::scalar(true)]);
 }
@@ -238,7 +298,8 @@ fn fail(_: &Node) -> psflow_graph::Result<Box<dyn OpKernel>> {
         1,
         |_| Ok(vec![TensorInfo::unknown()]),
         |ctx| {
-            let failed: psflow_kernels::Result<()> = Err(psflow_kernels::Error::invalid("Fail", "always"));
+            let failed: psflow_kernels::Result<()> =
+                Err(psflow_kernels::Error::invalid("Fail", "always"));
             ctx.k(failed)?;
             Ok(vec![])
         },
@@ -255,6 +316,32 @@ fn kernel_errors_name_the_node_and_stop_the_run() {
         op("after", "Identity", &["bad"]),
     ]);
     let s = Session::with_registry(g, &r).unwrap();
-    let msg = s.run(&[(t("x"), rand_f32(&[2], 0))], &[t("after")], &[]).unwrap_err().to_string();
+    let msg = s
+        .run(&[(t("x"), rand_f32(&[2], 0))], &[t("after")], &[])
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("\"bad\"") && msg.contains("always"), "{msg}");
+}
+
+#[test]
+fn filled_constants_broadcast_their_single_value() {
+    // TensorFlow writes tf.fill / zeros / ones constants with one value.
+    let proto = psflow_proto::tensorflow::TensorProto {
+        dtype: psflow_proto::tensorflow::DataType::DtFloat as i32,
+        tensor_shape: Some(Shape::known(&[2, 3]).to_proto()),
+        float_val: vec![0.5],
+        ..Default::default()
+    };
+    let s = Session::new(graph(vec![
+        Node::new("c", "Const")
+            .attr(
+                "dtype",
+                AttrValue::from_type(psflow_proto::tensorflow::DataType::DtFloat),
+            )
+            .attr("value", AttrValue::from_tensor(proto)),
+        op("y", "Identity", &["c"]),
+    ]))
+    .unwrap();
+    let out = s.run(&[], &[t("y")], &[]).unwrap();
+    assert_eq!(out[0], Tensor::full(vec![2, 3], 0.5f32));
 }

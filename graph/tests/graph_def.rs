@@ -21,7 +21,10 @@ fn sample() -> Graph {
     g.add(
         op("mm", "MatMul", &["x", "w", "^init"])
             .attr("transpose_a", AttrValue::from_b(false))
-            .attr("T", AttrValue::from_type(psflow_proto::tensorflow::DataType::DtFloat)),
+            .attr(
+                "T",
+                AttrValue::from_type(psflow_proto::tensorflow::DataType::DtFloat),
+            ),
     )
     .unwrap();
     g.add(op("out", "IdentityN", &["mm:0", "shape"])).unwrap();
@@ -77,7 +80,12 @@ fn decodes_tensorflow_wire_layout() {
     .concat();
     // GraphDef { node (1) ×2, versions (4) { producer (1): 27 } }
     let versions = vec![0x08, 27];
-    let bytes = [field(1, &placeholder), field(1, &identity), field(4, &versions)].concat();
+    let bytes = [
+        field(1, &placeholder),
+        field(1, &identity),
+        field(4, &versions),
+    ]
+    .concat();
     let g = Graph::from_graph_def_bytes(&bytes).unwrap();
     assert_eq!(g.len(), 2);
     let x = g.node("x").unwrap();
@@ -112,7 +120,10 @@ fn non_graph_bytes_are_a_clear_error() {
     let path = dir.join("model.pb");
     std::fs::write(&path, b"not a graph at all").unwrap();
     let err = Graph::load(&path).unwrap_err().to_string();
-    assert!(err.contains("model.pb") && err.contains("not a TensorFlow GraphDef"), "{err}");
+    assert!(
+        err.contains("model.pb") && err.contains("not a TensorFlow GraphDef"),
+        "{err}"
+    );
     let err = Graph::load(dir.join("missing.pb")).unwrap_err().to_string();
     assert!(err.contains("missing.pb"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();

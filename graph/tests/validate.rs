@@ -49,12 +49,18 @@ fn unknown_ops_are_listed_together() {
         Ok(_) => panic!("validated"),
     }
     let msg = check(&g).unwrap_err();
-    assert!(msg.contains("Erf (node \"a\")") && msg.contains("TopKV2 (node \"c\")"), "{msg}");
+    assert!(
+        msg.contains("Erf (node \"a\")") && msg.contains("TopKV2 (node \"c\")"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn dangling_inputs_name_the_node() {
-    let g = graph(vec![placeholder("x", DType::F32, &[2]), op("r", "Relu", &["x", "^ghost"])]);
+    let g = graph(vec![
+        placeholder("x", DType::F32, &[2]),
+        op("r", "Relu", &["x", "^ghost"]),
+    ]);
     let msg = check(&g).unwrap_err();
     assert!(msg.contains("\"r\"") && msg.contains("^ghost"), "{msg}");
     let g = graph(vec![op("r", "Relu", &["nothing:1"])]);
@@ -64,9 +70,15 @@ fn dangling_inputs_name_the_node() {
 
 #[test]
 fn bad_ports_name_producer_and_consumer() {
-    let g = graph(vec![placeholder("x", DType::F32, &[2]), op("r", "Relu", &["x:1"])]);
+    let g = graph(vec![
+        placeholder("x", DType::F32, &[2]),
+        op("r", "Relu", &["x:1"]),
+    ]);
     let msg = check(&g).unwrap_err();
-    assert!(msg.contains("\"r\"") && msg.contains("\"x\"") && msg.contains("1 output"), "{msg}");
+    assert!(
+        msg.contains("\"r\"") && msg.contains("\"x\"") && msg.contains("1 output"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -99,7 +111,10 @@ fn shape_mismatches_name_the_node() {
     nodes[1] = placeholder("w", DType::F32, &[3, 3, 5, 4]);
     nodes.push(conv("conv1"));
     let msg = check(&graph(nodes)).unwrap_err();
-    assert!(msg.contains("\"conv1\"") && msg.contains("3 channels") && msg.contains('5'), "{msg}");
+    assert!(
+        msg.contains("\"conv1\"") && msg.contains("3 channels") && msg.contains('5'),
+        "{msg}"
+    );
 
     let g = graph(vec![
         placeholder("a", DType::F32, &[-1, 4]),
@@ -107,7 +122,10 @@ fn shape_mismatches_name_the_node() {
         f32_t(&op("mm", "MatMul", &["a", "b"])),
     ]);
     let msg = check(&g).unwrap_err();
-    assert!(msg.contains("\"mm\"") && msg.contains("inner dimensions"), "{msg}");
+    assert!(
+        msg.contains("\"mm\"") && msg.contains("inner dimensions"),
+        "{msg}"
+    );
 
     let g = graph(vec![
         placeholder("a", DType::F32, &[-1, 4]),
@@ -115,7 +133,10 @@ fn shape_mismatches_name_the_node() {
         op("add", "AddV2", &["a", "b"]),
     ]);
     let msg = check(&g).unwrap_err();
-    assert!(msg.contains("\"add\"") && msg.contains("broadcast"), "{msg}");
+    assert!(
+        msg.contains("\"add\"") && msg.contains("broadcast"),
+        "{msg}"
+    );
 
     let g = graph(vec![
         placeholder("a", DType::F32, &[-1, 4]),
@@ -151,16 +172,39 @@ fn shapes_propagate_through_partial_dims() {
 #[test]
 fn attrs_that_change_results_are_refused() {
     let cases: Vec<(Node, &str, &str)> = vec![
-        (conv("c").attr("data_format", AttrValue::from_s("NCHW")), "data_format", "NCHW"),
-        (conv("c").attr("dilations", AttrValue::from_ints(vec![1, 2, 2, 1])), "dilations", "2"),
-        (conv("c").attr("padding", AttrValue::from_s("FULL")), "padding", "FULL"),
         (
-            conv("c").attr("T", AttrValue::from_type(psflow_proto::tensorflow::DataType::DtHalf)),
+            conv("c").attr("data_format", AttrValue::from_s("NCHW")),
+            "data_format",
+            "NCHW",
+        ),
+        (
+            conv("c").attr("dilations", AttrValue::from_ints(vec![1, 2, 2, 1])),
+            "dilations",
+            "2",
+        ),
+        (
+            conv("c").attr("padding", AttrValue::from_s("FULL")),
+            "padding",
+            "FULL",
+        ),
+        (
+            conv("c").attr(
+                "T",
+                AttrValue::from_type(psflow_proto::tensorflow::DataType::DtHalf),
+            ),
             "T",
             "float16",
         ),
-        (conv("c").attr("strides", AttrValue::from_ints(vec![2, 1, 1, 1])), "strides", "[2, 1, 1, 1]"),
-        (conv("c").attr("strides", AttrValue::from_i(1)), "strides", "list"),
+        (
+            conv("c").attr("strides", AttrValue::from_ints(vec![2, 1, 1, 1])),
+            "strides",
+            "[2, 1, 1, 1]",
+        ),
+        (
+            conv("c").attr("strides", AttrValue::from_i(1)),
+            "strides",
+            "list",
+        ),
     ];
     for (node, attr, what) in cases {
         let mut nodes = conv_inputs();
@@ -176,7 +220,10 @@ fn attrs_that_change_results_are_refused() {
     c.attrs.remove("padding");
     nodes.push(c);
     let msg = check(&graph(nodes)).unwrap_err();
-    assert!(msg.contains("\"padding\"") && msg.contains("missing"), "{msg}");
+    assert!(
+        msg.contains("\"padding\"") && msg.contains("missing"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -196,8 +243,10 @@ fn harmless_tf_attrs_are_accepted() {
 
 #[test]
 fn unsupported_dtypes_name_the_node() {
-    let g = graph(vec![Node::new("s", "Placeholder")
-        .attr("dtype", AttrValue::from_type(psflow_proto::tensorflow::DataType::DtString))]);
+    let g = graph(vec![Node::new("s", "Placeholder").attr(
+        "dtype",
+        AttrValue::from_type(psflow_proto::tensorflow::DataType::DtString),
+    )]);
     let msg = check(&g).unwrap_err();
     assert!(msg.contains("\"s\"") && msg.contains("string"), "{msg}");
     let _ = Tensor::scalar(0f32);

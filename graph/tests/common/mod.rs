@@ -15,7 +15,10 @@ pub fn konst(name: &str, t: &Tensor) -> Node {
 pub fn placeholder(name: &str, dtype: DType, dims: &[i64]) -> Node {
     Node::new(name, "Placeholder")
         .attr("dtype", AttrValue::from_type(dtype_to_proto(dtype)))
-        .attr("shape", AttrValue::from_shape(TensorShapeProto::from_dims(dims)))
+        .attr(
+            "shape",
+            AttrValue::from_shape(TensorShapeProto::from_dims(dims)),
+        )
 }
 
 pub fn op(name: &str, op: &str, inputs: &[&str]) -> Node {
@@ -30,7 +33,8 @@ pub fn op(name: &str, op: &str, inputs: &[&str]) -> Node {
 }
 
 pub fn f32_t(n: &Node) -> Node {
-    n.clone().attr("T", AttrValue::from_type(dtype_to_proto(DType::F32)))
+    n.clone()
+        .attr("T", AttrValue::from_type(dtype_to_proto(DType::F32)))
 }
 
 pub fn t(name: &str) -> TensorName {
@@ -44,10 +48,14 @@ pub fn ints(v: &[i32]) -> Tensor {
 /// Deterministic pseudo-random f32s in [-1, 1).
 pub fn rand_f32(shape: &[usize], seed: u64) -> Tensor {
     let n: usize = shape.iter().product();
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let v = (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect();
