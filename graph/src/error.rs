@@ -86,8 +86,8 @@ pub enum Error {
     InvalidTensorName { name: String },
 
     /// A fetch or target naming a node that is not in the graph.
-    #[error("unknown fetch {name:?}: no such node in the graph")]
-    UnknownFetch { name: String },
+    #[error("unknown fetch {name:?}: {detail}")]
+    UnknownFetch { name: String, detail: String },
 
     #[error("unknown feed {name:?}: no such tensor in the graph")]
     UnknownFeed { name: String },

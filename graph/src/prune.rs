@@ -15,8 +15,12 @@ pub fn needed_nodes(
 ) -> Result<Vec<bool>> {
     let mut needed = vec![false; graph.len()];
     let mut stack = Vec::new();
-    let lookup =
-        |name: &str, shown: String| graph.id(name).ok_or(Error::UnknownFetch { name: shown });
+    let lookup = |name: &str, shown: String| {
+        graph.id(name).ok_or(Error::UnknownFetch {
+            name: shown,
+            detail: "no such node in the graph".into(),
+        })
+    };
     for t in fetches {
         let id = lookup(&t.node, t.to_string())?;
         if !feeds.contains(t) {

@@ -345,3 +345,21 @@ fn filled_constants_broadcast_their_single_value() {
     let out = s.run(&[], &[t("y")], &[]).unwrap();
     assert_eq!(out[0], Tensor::full(vec![2, 3], 0.5f32));
 }
+
+#[test]
+fn a_fed_placeholder_reached_by_a_control_edge_does_not_run() {
+    let s = Session::new(graph(vec![
+        placeholder("x", DType::F32, &[1]),
+        op("after", "NoOp", &["^x"]),
+        op("y", "Identity", &["x", "^after"]),
+    ]))
+    .unwrap();
+    let x = Tensor::new(vec![1], vec![3f32]).unwrap();
+    let out = s.run(&[(t("x"), x.clone())], &[t("y")], &[]).unwrap();
+    assert_eq!(out[0], x);
+    let msg = s.run(&[], &[], &["after".into()]).unwrap_err().to_string();
+    assert!(
+        msg.contains("\"x\"") && msg.contains("must be fed"),
+        "{msg}"
+    );
+}

@@ -8,7 +8,7 @@ mod feed;
 mod plan;
 mod resources;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use psflow_kernels::{DType, Tensor};
@@ -146,7 +146,9 @@ impl Session {
         if let Some(&id) = plan
             .nodes
             .iter()
-            .find(|&&id| self.graph.nodes()[id].op == "Placeholder")
+            .zip(&plan.skip)
+            .find(|&(&id, &skip)| !skip && self.graph.nodes()[id].op == "Placeholder")
+            .map(|(id, _)| id)
         {
             let info = &self.infos[id][0];
             return Err(Error::MissingFeed {
@@ -241,11 +243,7 @@ impl Session {
     ) -> Result<Vec<String>> {
         let mut names = feeds.to_vec();
         names.sort();
-        let names: Vec<TensorName> = names
-            .into_iter()
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
+        names.dedup();
         let plan = Plan::build(
             &self.graph,
             &self.kernels,
@@ -308,13 +306,17 @@ impl<'a> Run<'a> {
                 inputs,
                 resources: &self.session.resources,
             };
-            let result = kernel.compute(&mut ctx);
+            let result = if self.plan.skip[p] {
+                Ok(vec![])
+            } else {
+                kernel.compute(&mut ctx)
+            };
             drop(ctx);
             let mut ready = Vec::new();
             {
                 let mut st = self.state.lock().expect("run state lock");
                 match result {
-                    Ok(outs) if outs.len() == kernel.num_outputs() => {
+                    Ok(outs) if outs.len() == kernel.num_outputs() || self.plan.skip[p] => {
                         for (t, slot) in outs.into_iter().zip(&self.plan.outputs[p]) {
                             if let Some(s) = slot {
                                 st.slots[*s] = Some(t);

@@ -21,6 +21,9 @@ pub(crate) struct Plan {
     pub consumers: Vec<Vec<usize>>,
     /// Per plan node: the number of edges it waits on.
     pub pending: Vec<usize>,
+    /// Per plan node: every output is fed, so it does not compute (it is in
+    /// the plan only as a control dependency).
+    pub skip: Vec<bool>,
     /// Per slot: how many times it is read (consumers and fetches).
     pub uses: Vec<usize>,
     pub feed_slots: HashMap<TensorName, usize>,
@@ -51,7 +54,8 @@ impl Plan {
                 let outputs = kernels[id].num_outputs();
                 if t.port >= outputs {
                     return Err(Error::UnknownFetch {
-                        name: format!("{t} ({} has {outputs} output(s))", t.node),
+                        name: t.to_string(),
+                        detail: format!("node {:?} has {outputs} output(s)", t.node),
                     });
                 }
             }
@@ -101,6 +105,14 @@ impl Plan {
             inputs.push(slots);
         }
         let fetch_slots: Vec<usize> = fetches.iter().map(|t| read(t, 1)).collect();
+        let skip = nodes
+            .iter()
+            .map(|&id| {
+                let n = kernels[id].num_outputs();
+                let name = &graph.nodes()[id].name;
+                n > 0 && (0..n).all(|port| fed.contains(&TensorName::new(name.clone(), port)))
+            })
+            .collect();
         let outputs = nodes
             .iter()
             .map(|&id| {
@@ -123,6 +135,7 @@ impl Plan {
             outputs,
             consumers,
             pending,
+            skip,
             uses,
             feed_slots,
             fetch_slots,
