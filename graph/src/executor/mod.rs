@@ -354,3 +354,17 @@ impl<'a> Run<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sessions are shared between threads (a worker's step loop, its
+    /// service handlers).
+    #[test]
+    fn session_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Session>();
+        check::<ResourceStore>();
+    }
+}
