@@ -1,0 +1,370 @@
+//! The executor: a [`Session`] validates a graph once, then runs it for
+//! given feeds, fetches and targets. Each distinct signature gets a pruned
+//! [`plan::Plan`], cached. Nodes whose inputs are ready run in parallel on
+//! the rayon pool; a tensor is freed as soon as its last consumer has read
+//! it (a consumer that takes the last reference may reuse its buffer).
+
+mod feed;
+mod plan;
+mod resources;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use psflow_kernels::{DType, Tensor};
+
+pub use feed::cast_lossless;
+use plan::Plan;
+pub use resources::{ResourceStore, VarSlot};
+
+use crate::ir::{Graph, TensorName};
+use crate::registry::{OpContext, OpKernel, Registry, TensorInfo};
+use crate::shape::Shape;
+use crate::validate::validate;
+use crate::{Error, Result};
+
+/// A placeholder of the graph: what a run must feed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlaceholderInfo {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Shape,
+    /// PlaceholderWithDefault: feeding is optional.
+    pub has_default: bool,
+}
+
+type PlanKey = (Vec<TensorName>, Vec<TensorName>, Vec<String>);
+
+pub struct Session {
+    graph: Arc<Graph>,
+    kernels: Vec<Box<dyn OpKernel>>,
+    order: Vec<usize>,
+    infos: Vec<Vec<TensorInfo>>,
+    resources: Arc<ResourceStore>,
+    plans: Mutex<HashMap<PlanKey, Arc<Plan>>>,
+}
+
+impl Session {
+    /// Validates `graph` against the standard registry.
+    pub fn new(graph: Graph) -> Result<Session> {
+        Session::with_registry(graph, &Registry::standard())
+    }
+
+    pub fn with_registry(graph: Graph, registry: &Registry) -> Result<Session> {
+        Session::with_resources(graph, registry, Arc::new(ResourceStore::new()))
+    }
+
+    /// A session whose stateful ops use `resources` (shared with others).
+    pub fn with_resources(
+        graph: Graph,
+        registry: &Registry,
+        resources: Arc<ResourceStore>,
+    ) -> Result<Session> {
+        let v = validate(&graph, registry)?;
+        Ok(Session {
+            graph: Arc::new(graph),
+            kernels: v.kernels,
+            order: v.order,
+            infos: v.infos,
+            resources,
+            plans: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    pub fn resources(&self) -> &Arc<ResourceStore> {
+        &self.resources
+    }
+
+    /// What static inference knows of a tensor (dtype, partial shape).
+    pub fn tensor_info(&self, t: &TensorName) -> Option<&TensorInfo> {
+        self.infos.get(self.graph.id(&t.node)?)?.get(t.port)
+    }
+
+    /// The graph's placeholders, in graph order.
+    pub fn placeholders(&self) -> Vec<PlaceholderInfo> {
+        self.graph
+            .nodes()
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.op == "Placeholder" || n.op == "PlaceholderWithDefault")
+            .map(|(id, n)| PlaceholderInfo {
+                name: n.name.clone(),
+                dtype: self.infos[id][0].dtype.unwrap_or(DType::F32),
+                shape: self.infos[id][0].shape.clone(),
+                has_default: n.op == "PlaceholderWithDefault",
+            })
+            .collect()
+    }
+
+    /// Runs the graph: feeds replace tensors (usually placeholders),
+    /// `fetches` are returned in order, `targets` are nodes run for their
+    /// effects. Only what these need runs.
+    pub fn run(
+        &self,
+        feeds: &[(TensorName, Tensor)],
+        fetches: &[TensorName],
+        targets: &[String],
+    ) -> Result<Vec<Tensor>> {
+        let mut names: Vec<TensorName> = feeds.iter().map(|(t, _)| t.clone()).collect();
+        names.sort();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::DuplicateFeed {
+                name: w[0].to_string(),
+            });
+        }
+        let plan = self.plan(names, fetches, targets)?;
+        let mut slots: Vec<Option<Tensor>> = vec![None; plan.uses.len()];
+        for (name, t) in feeds {
+            slots[plan.feed_slots[name]] = Some(self.check_feed(name, t)?);
+        }
+        self.execute(&plan, slots)
+    }
+
+    fn plan(
+        &self,
+        feeds: Vec<TensorName>,
+        fetches: &[TensorName],
+        targets: &[String],
+    ) -> Result<Arc<Plan>> {
+        let key = (feeds, fetches.to_vec(), targets.to_vec());
+        if let Some(p) = self.plans.lock().expect("plan cache lock").get(&key) {
+            return Ok(p.clone());
+        }
+        let plan = Plan::build(
+            &self.graph,
+            &self.kernels,
+            &self.order,
+            &key.0,
+            fetches,
+            targets,
+        )?;
+        // A placeholder that must run was not fed.
+        if let Some(&id) = plan
+            .nodes
+            .iter()
+            .zip(&plan.skip)
+            .find(|&(&id, &skip)| !skip && self.graph.nodes()[id].op == "Placeholder")
+            .map(|(id, _)| id)
+        {
+            let info = &self.infos[id][0];
+            return Err(Error::MissingFeed {
+                placeholder: self.graph.nodes()[id].name.clone(),
+                dtype: info.dtype.map_or("?".into(), |d| d.to_string()),
+                shape: info.shape.to_string(),
+            });
+        }
+        let plan = Arc::new(plan);
+        self.plans
+            .lock()
+            .expect("plan cache lock")
+            .insert(key, plan.clone());
+        Ok(plan)
+    }
+
+    /// Checks a fed tensor against what the graph declares: its shape must
+    /// fit, its dtype must match or convert without loss.
+    fn check_feed(&self, name: &TensorName, t: &Tensor) -> Result<Tensor> {
+        let info = self.tensor_info(name).expect("plan checked the feed");
+        let node = self.graph.node(&name.node).expect("plan checked the feed");
+        let declared = if node.op.starts_with("Placeholder") {
+            node.attr_shape_or_unknown("shape")?
+        } else {
+            info.shape.clone()
+        };
+        let shown = if name.port == 0 {
+            name.node.clone()
+        } else {
+            name.to_string()
+        };
+        if !declared.accepts(t.shape()) {
+            return Err(Error::FeedShape {
+                placeholder: shown,
+                expected: declared.to_string(),
+                got: t.shape().to_vec(),
+            });
+        }
+        match info.dtype {
+            Some(d) if d != t.dtype() => cast_lossless(t, d).map_err(|detail| Error::FeedDType {
+                placeholder: shown,
+                expected: d,
+                got: t.dtype(),
+                detail,
+            }),
+            _ => Ok(t.clone()),
+        }
+    }
+
+    fn execute(&self, plan: &Plan, slots: Vec<Option<Tensor>>) -> Result<Vec<Tensor>> {
+        let run = Run {
+            session: self,
+            plan,
+            state: Mutex::new(RunState {
+                slots,
+                uses_left: plan.uses.clone(),
+                pending: plan.pending.clone(),
+                error: None,
+            }),
+        };
+        let ready: Vec<usize> = (0..plan.nodes.len())
+            .filter(|&p| plan.pending[p] == 0)
+            .collect();
+        rayon::scope(|s| {
+            for p in ready {
+                let run = &run;
+                s.spawn(move |s| run.node(s, p));
+            }
+        });
+        let mut state = run.state.into_inner().expect("run state lock");
+        if let Some(e) = state.error.take() {
+            return Err(e);
+        }
+        plan.fetch_slots
+            .iter()
+            .map(|&s| {
+                state.slots[s].clone().ok_or_else(|| Error::InvalidNode {
+                    node: String::new(),
+                    detail: "internal: a fetched tensor was not produced".into(),
+                })
+            })
+            .collect()
+    }
+
+    /// Graph node names that a run of these fetches and targets executes,
+    /// in execution order (for inspection and tests).
+    pub fn plan_nodes(
+        &self,
+        feeds: &[TensorName],
+        fetches: &[TensorName],
+        targets: &[String],
+    ) -> Result<Vec<String>> {
+        let mut names = feeds.to_vec();
+        names.sort();
+        names.dedup();
+        let plan = Plan::build(
+            &self.graph,
+            &self.kernels,
+            &self.order,
+            &names,
+            fetches,
+            targets,
+        )?;
+        Ok(plan
+            .nodes
+            .iter()
+            .map(|&id| self.graph.nodes()[id].name.clone())
+            .collect())
+    }
+}
+
+struct RunState {
+    slots: Vec<Option<Tensor>>,
+    uses_left: Vec<usize>,
+    pending: Vec<usize>,
+    error: Option<Error>,
+}
+
+struct Run<'a> {
+    session: &'a Session,
+    plan: &'a Plan,
+    state: Mutex<RunState>,
+}
+
+impl<'a> Run<'a> {
+    /// Runs plan node `p`, then the consumers it made ready: one on this
+    /// thread, the others spawned.
+    fn node<'s>(&'s self, scope: &rayon::Scope<'s>, mut p: usize)
+    where
+        'a: 's,
+    {
+        loop {
+            let id = self.plan.nodes[p];
+            let inputs = {
+                let mut st = self.state.lock().expect("run state lock");
+                if st.error.is_some() {
+                    return;
+                }
+                let mut inputs = Vec::with_capacity(self.plan.inputs[p].len());
+                for &s in &self.plan.inputs[p] {
+                    st.uses_left[s] -= 1;
+                    let t = if st.uses_left[s] == 0 {
+                        st.slots[s].take()
+                    } else {
+                        st.slots[s].clone()
+                    };
+                    inputs.push(t.expect("inputs are produced before consumers run"));
+                }
+                inputs
+            };
+            let node = &self.session.graph.nodes()[id];
+            let kernel = &self.session.kernels[id];
+            let mut ctx = OpContext {
+                node,
+                inputs,
+                resources: &self.session.resources,
+            };
+            let result = if self.plan.skip[p] {
+                Ok(vec![])
+            } else {
+                kernel.compute(&mut ctx)
+            };
+            drop(ctx);
+            let mut ready = Vec::new();
+            {
+                let mut st = self.state.lock().expect("run state lock");
+                match result {
+                    Ok(outs) if outs.len() == kernel.num_outputs() || self.plan.skip[p] => {
+                        for (t, slot) in outs.into_iter().zip(&self.plan.outputs[p]) {
+                            if let Some(s) = slot {
+                                st.slots[*s] = Some(t);
+                            }
+                        }
+                        for &c in &self.plan.consumers[p] {
+                            st.pending[c] -= 1;
+                            if st.pending[c] == 0 {
+                                ready.push(c);
+                            }
+                        }
+                    }
+                    Ok(outs) => {
+                        st.error.get_or_insert(Error::InvalidNode {
+                            node: node.name.clone(),
+                            detail: format!(
+                                "kernel returned {} outputs, expected {}",
+                                outs.len(),
+                                kernel.num_outputs()
+                            ),
+                        });
+                        return;
+                    }
+                    Err(e) => {
+                        st.error.get_or_insert(e);
+                        return;
+                    }
+                }
+            }
+            let Some(next) = ready.pop() else { return };
+            for c in ready {
+                scope.spawn(move |s| self.node(s, c));
+            }
+            p = next;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sessions are shared between threads (a worker's step loop, its
+    /// service handlers).
+    #[test]
+    fn session_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Session>();
+        check::<ResourceStore>();
+    }
+}

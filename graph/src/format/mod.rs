@@ -1,0 +1,3 @@
+//! File formats for tensors.
+
+pub mod npy;
