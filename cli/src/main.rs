@@ -1,8 +1,10 @@
 //! `psflow`: the one binary. Every role and client command is a subcommand.
 
 mod bench;
+mod commands;
 mod table;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -24,6 +26,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Execute a graph once: feed .npy files, write the fetches as .npy.
+    Run {
+        /// The GraphDef (binary protobuf, as TensorFlow writes it).
+        #[arg(long)]
+        graph: PathBuf,
+        /// A feed, `NAME=FILE.npy` (NAME: `node` or `node:port`); repeatable.
+        #[arg(long = "feed", value_name = "NAME=FILE")]
+        feeds: Vec<String>,
+        /// A tensor to fetch, `node` or `node:port`; repeatable.
+        #[arg(long = "fetch", value_name = "NAME", required = true)]
+        fetches: Vec<String>,
+        /// Directory for the fetched tensors (`<fetch>.npy`, `/` and `:` → `_`).
+        #[arg(long)]
+        out_dir: PathBuf,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure psflow's kernels and programs.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -54,7 +74,7 @@ fn main() -> ExitCode {
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::from(1)
         }
     }
@@ -62,6 +82,35 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
+        Command::Run {
+            graph,
+            feeds,
+            fetches,
+            out_dir,
+            json,
+        } => {
+            let args = commands::run::Args {
+                graph,
+                feeds,
+                fetches,
+                out_dir,
+                json,
+            };
+            match commands::run::execute(&args) {
+                Ok(report) => {
+                    if args.json {
+                        println!("{}", serde_json::to_string(&report)?);
+                    } else {
+                        commands::run::print_table(&report);
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("error: {}", one_line(&e));
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
         Command::Bench(BenchCommand::Kernels {
             batch,
             repeats,
@@ -69,6 +118,11 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             json,
         }) => bench_kernels(batch, repeats, filter, json),
     }
+}
+
+/// An error chain on one line (`outer: inner: cause`).
+fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}").replace('\n', " ")
 }
 
 fn bench_kernels(

@@ -1,0 +1,3 @@
+//! Client commands, one module each.
+
+pub mod run;
