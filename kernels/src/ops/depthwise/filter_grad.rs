@@ -5,6 +5,8 @@
 use rayon::prelude::*;
 
 use super::plan::AxisPlan;
+#[cfg(target_arch = "x86_64")]
+use super::dense;
 use super::simd::{reduce_run, Isa, ReduceRun, Tap};
 
 /// `df[ki, kj, ch] = Σ_{n, i, j} x[n, i·sh − pt + ki, j·sw − pl + kj, ch] · dy[n, i, j, ch]`
@@ -41,6 +43,8 @@ impl FilterGrad<'_> {
         let x_img = self.x_hw[0] * self.x_hw[1] * c;
         let dy_img = oh * ow * c;
         let xw = self.x_hw[1];
+        #[cfg(target_arch = "x86_64")]
+        let blocks = dense::blocks(self.isa, self.rows, self.cols, xw, kw, c);
         (0..self.n)
             .into_par_iter()
             .fold(
@@ -49,16 +53,7 @@ impl FilterGrad<'_> {
                     let x = self.x[img * x_img..].as_ptr();
                     for (i, row_taps) in self.rows.taps.iter().enumerate() {
                         let dy_row = &self.dy[img * dy_img + i * ow * c..];
-                        for run in &self.cols.runs {
-                            taps.clear();
-                            for rt in row_taps {
-                                for ct in &run.taps {
-                                    taps.push(Tap {
-                                        src: (rt.src * xw + ct.src) * c,
-                                        filt: (rt.k * kw + ct.k) * c,
-                                    });
-                                }
-                            }
+                        for (ri, run) in self.cols.runs.iter().enumerate() {
                             let r = ReduceRun {
                                 acc: acc.as_mut_ptr(),
                                 x,
@@ -68,6 +63,22 @@ impl FilterGrad<'_> {
                                 count: run.count,
                                 c,
                             };
+                            #[cfg(target_arch = "x86_64")]
+                            if let Some((d, nr, nc, s)) = &blocks[i * self.cols.runs.len() + ri] {
+                                // SAFETY: as below; the block holds the same
+                                // taps, blocks exist only for AVX-512.
+                                unsafe { dense::reduce(&r, d, *nr, *nc, *s) };
+                                continue;
+                            }
+                            taps.clear();
+                            for rt in row_taps {
+                                for ct in &run.taps {
+                                    taps.push(Tap {
+                                        src: (rt.src * xw + ct.src) * c,
+                                        filt: (rt.k * kw + ct.k) * c,
+                                    });
+                                }
+                            }
                             // SAFETY: taps lie inside the input image and the
                             // `[kh, kw, c]` accumulator, the run inside the
                             // output row (plan.rs); `isa` was checked by the

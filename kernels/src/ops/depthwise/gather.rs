@@ -7,6 +7,8 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::plan::AxisPlan;
+#[cfg(target_arch = "x86_64")]
+use super::dense;
 use super::simd::{gather_run, GatherRun, Isa, Tap};
 
 /// `dst[n, i, j, ch] = Σ src[n, ·, ·, ch] · filt[·, ·, ch]` over the taps of
@@ -43,21 +45,14 @@ impl Gather<'_> {
             .max()
             .unwrap_or(0);
         let sw = self.src_hw[1];
+        #[cfg(target_arch = "x86_64")]
+        let blocks = dense::blocks(self.isa, self.rows, self.cols, sw, self.kw, c);
         dst.par_chunks_mut(row_len).enumerate().for_each_init(
             || Vec::with_capacity(max_row * max_col),
             |taps: &mut Vec<Tap>, (idx, row)| {
                 let (img, i) = (idx / dh, idx % dh);
                 let src = self.src[img * src_img..].as_ptr();
-                for run in &self.cols.runs {
-                    taps.clear();
-                    for rt in &self.rows.taps[i] {
-                        for ct in &run.taps {
-                            taps.push(Tap {
-                                src: (rt.src * sw + ct.src) * c,
-                                filt: (rt.k * self.kw + ct.k) * c,
-                            });
-                        }
-                    }
+                for (ri, run) in self.cols.runs.iter().enumerate() {
                     let g = GatherRun {
                         dst: row[run.o0 * c..].as_mut_ptr().cast::<f32>(),
                         dst_step: run.o_step * c,
@@ -67,6 +62,22 @@ impl Gather<'_> {
                         count: run.count,
                         c,
                     };
+                    #[cfg(target_arch = "x86_64")]
+                    if let Some((d, nr, nc, s)) = &blocks[i * self.cols.runs.len() + ri] {
+                        // SAFETY: as below; the block holds the same taps,
+                        // blocks exist only for AVX-512 (checked by the caller).
+                        unsafe { dense::gather(&g, d, *nr, *nc, *s) };
+                        continue;
+                    }
+                    taps.clear();
+                    for rt in &self.rows.taps[i] {
+                        for ct in &run.taps {
+                            taps.push(Tap {
+                                src: (rt.src * sw + ct.src) * c,
+                                filt: (rt.k * self.kw + ct.k) * c,
+                            });
+                        }
+                    }
                     // SAFETY: the plans only list taps inside the source
                     // image and the filter, runs stay inside the row
                     // (plan.rs builds and tests them), `isa` was checked

@@ -13,6 +13,8 @@
 //! input is repeated `m` times along channels (`x'[.., ci·m + mi] = x[.., ci]`),
 //! and the input gradient sums the `m` copies back.
 
+#[cfg(target_arch = "x86_64")]
+mod dense;
 mod filter_grad;
 mod gather;
 mod plan;
