@@ -17,7 +17,10 @@ use psflow_kernels::{Conv2dParams, Padding, Tensor};
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<f64> = after.split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect();
+    let f: Vec<f64> = after
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
     if f.len() < 13 {
         return 0.0;
     }
@@ -43,6 +46,9 @@ fn time_ms(mut run: impl FnMut()) -> (f64, f64) {
     (t[t.len() / 2], cpu)
 }
 
+/// An op to time, by name.
+type Named<'a> = (&'static str, Box<dyn FnMut() + 'a>);
+
 fn main() {
     let n = 128;
     println!(
@@ -61,15 +67,22 @@ fn main() {
             let dy = Tensor::full(vec![n, o, o, c], 0.75f32);
             let flops = 2.0 * 9.0 * (n * o * o * c) as f64;
             let bytes = 4.0 * (n * hw * hw * c + n * o * o * c) as f64;
-            let runs: [(&str, Box<dyn FnMut()>); 3] = [
-                ("forward", Box::new(|| drop(depthwise_conv2d(&x, &f, &p).unwrap()))),
+            let runs: [Named; 3] = [
+                (
+                    "forward",
+                    Box::new(|| drop(depthwise_conv2d(&x, &f, &p).unwrap())),
+                ),
                 (
                     "backprop_input",
-                    Box::new(|| drop(depthwise_conv2d_backprop_input([n, hw, hw, c], &f, &dy, &p).unwrap())),
+                    Box::new(|| {
+                        drop(depthwise_conv2d_backprop_input([n, hw, hw, c], &f, &dy, &p).unwrap())
+                    }),
                 ),
                 (
                     "backprop_filter",
-                    Box::new(|| drop(depthwise_conv2d_backprop_filter(&x, [3, 3, c, 1], &dy, &p).unwrap())),
+                    Box::new(|| {
+                        drop(depthwise_conv2d_backprop_filter(&x, [3, 3, c, 1], &dy, &p).unwrap())
+                    }),
                 ),
             ];
             for (name, mut run) in runs {

@@ -1,7 +1,8 @@
-//! The specialised AVX-512 loops for runs whose taps form a dense block of
-//! at most 3×3 (every 3×3 depthwise convolution, strides 1 and 2, forward
-//! and both gradients, interior and border alike): the taps of one 16-channel
-//! block stay in registers while the run is walked four pixels at a time,
+//! The specialised loops (AVX-512 and AVX2+FMA) for runs whose taps form a
+//! dense block of at most 3×3 (every 3×3 depthwise convolution, strides 1
+//! and 2, forward and both gradients, interior and border alike): the taps
+//! of one channel block stay in registers while the run is walked four
+//! pixels at a time,
 //! and neighbouring pixels share their source loads, so the loop issues
 //! about one load per two FMAs instead of two loads per FMA.
 //!
@@ -13,7 +14,7 @@
 use std::arch::x86_64::*;
 
 use super::plan::AxisTap;
-use super::simd::{GatherRun, ReduceRun};
+use super::simd::{GatherRun, Isa, ReduceRun};
 
 /// The tap block of one run: `R` rows of `K` consecutive source columns.
 #[derive(Clone, Copy, Debug)]
@@ -24,15 +25,95 @@ pub(super) struct Dense {
     pub filt: [[usize; 3]; 3],
 }
 
-fn mask(c: usize, cb: usize) -> __mmask16 {
-    if c - cb >= 16 {
-        0xffff
-    } else {
-        (1u16 << (c - cb)) - 1
+/// One SIMD register of f32 lanes and its tail mask: the dense loops are
+/// written once over this and instantiated per instruction set.
+trait Lanes: Copy {
+    const N: usize;
+    type Mask: Copy;
+    /// Mask of the first `min(rem, N)` lanes.
+    unsafe fn mask(rem: usize) -> Self::Mask;
+    unsafe fn zero() -> Self;
+    unsafe fn load(p: *const f32, m: Self::Mask) -> Self;
+    unsafe fn store(p: *mut f32, m: Self::Mask, v: Self);
+    /// `a · b + c`.
+    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self;
+    unsafe fn add(a: Self, b: Self) -> Self;
+}
+
+impl Lanes for __m512 {
+    const N: usize = 16;
+    type Mask = __mmask16;
+    #[inline(always)]
+    unsafe fn mask(rem: usize) -> __mmask16 {
+        if rem >= 16 {
+            0xffff
+        } else {
+            (1u16 << rem) - 1
+        }
+    }
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        _mm512_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32, m: __mmask16) -> Self {
+        _mm512_maskz_loadu_ps(m, p)
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, m: __mmask16, v: Self) {
+        _mm512_mask_storeu_ps(p, m, v)
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+        _mm512_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        _mm512_add_ps(a, b)
     }
 }
 
-/// Pixels per group.
+/// AVX2 has masked loads only through a lane-mask vector, slower than plain
+/// ones: full blocks (`None`) use plain loads, the tail block the mask.
+impl Lanes for __m256 {
+    const N: usize = 8;
+    type Mask = Option<__m256i>;
+    #[inline(always)]
+    unsafe fn mask(rem: usize) -> Option<__m256i> {
+        (rem < 8).then(|| {
+            let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(rem as i32), lane)
+        })
+    }
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        _mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32, m: Option<__m256i>) -> Self {
+        match m {
+            None => _mm256_loadu_ps(p),
+            Some(m) => _mm256_maskload_ps(p, m),
+        }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, m: Option<__m256i>, v: Self) {
+        match m {
+            None => _mm256_storeu_ps(p, v),
+            Some(m) => _mm256_maskstore_ps(p, m, v),
+        }
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+        _mm256_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        _mm256_add_ps(a, b)
+    }
+}
+
+/// Pixels per group (four accumulator chains; eight measured no faster).
 const P: usize = 4;
 
 /// Calls `$f::<R, K, S>` for runtime `(r, k, s)` in `1..=3 × 1..=3 × 1..=2`.
@@ -63,126 +144,172 @@ macro_rules! dispatch {
 }
 
 /// # Safety
-/// AVX-512F present; `rows`, `cols` in 1..=3 and `src_step` in 1..=2 (as
-/// [`blocks`] gives them); the run's pixels
-/// and taps inside their buffers (as for `simd::gather_run`), `r.src_step`
-/// equal to `src_step · r.c`.
-pub(super) unsafe fn gather(r: &GatherRun, d: &Dense, rows: usize, cols: usize, src_step: usize) {
-    dispatch!(gather_rks, rows, cols, src_step, (r, d))
+/// `isa` (AVX-512 or AVX2) present; `rows`, `cols` in 1..=3 and `src_step`
+/// in 1..=2 (as [`blocks`] gives them); the run's pixels and taps inside
+/// their buffers (as for `simd::gather_run`), `r.src_step` equal to
+/// `src_step · r.c`.
+pub(super) unsafe fn gather(isa: Isa, r: &GatherRun, d: &Dense, block: (usize, usize, usize)) {
+    let (rows, cols, src_step) = block;
+    match isa {
+        Isa::Avx512 => dispatch!(gather_avx512, rows, cols, src_step, (r, d)),
+        _ => dispatch!(gather_avx2, rows, cols, src_step, (r, d)),
+    }
 }
 
 /// # Safety
 /// As [`gather`], for a reduce run (`r.x_step` equal to `src_step · r.c`).
-pub(super) unsafe fn reduce(r: &ReduceRun, d: &Dense, rows: usize, cols: usize, src_step: usize) {
-    dispatch!(reduce_rks, rows, cols, src_step, (r, d))
+pub(super) unsafe fn reduce(isa: Isa, r: &ReduceRun, d: &Dense, block: (usize, usize, usize)) {
+    let (rows, cols, src_step) = block;
+    match isa {
+        Isa::Avx512 => dispatch!(reduce_avx512, rows, cols, src_step, (r, d)),
+        _ => dispatch!(reduce_avx2, rows, cols, src_step, (r, d)),
+    }
 }
 
 #[target_feature(enable = "avx512f")]
-unsafe fn gather_rks<const R: usize, const K: usize, const S: usize>(r: &GatherRun, d: &Dense) {
+unsafe fn gather_avx512<const R: usize, const K: usize, const S: usize>(r: &GatherRun, d: &Dense) {
+    gather_rks::<__m512, R, K, S>(r, d)
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gather_avx2<const R: usize, const K: usize, const S: usize>(r: &GatherRun, d: &Dense) {
+    gather_rks::<__m256, R, K, S>(r, d)
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn reduce_avx512<const R: usize, const K: usize, const S: usize>(r: &ReduceRun, d: &Dense) {
+    reduce_rks::<__m512, R, K, S>(r, d)
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn reduce_avx2<const R: usize, const K: usize, const S: usize>(r: &ReduceRun, d: &Dense) {
+    reduce_rks::<__m256, R, K, S>(r, d)
+}
+
+#[inline(always)]
+unsafe fn gather_rks<V: Lanes, const R: usize, const K: usize, const S: usize>(
+    r: &GatherRun,
+    d: &Dense,
+) {
     let c = r.c;
     let mut cb = 0;
     while cb < c {
-        let m = mask(c, cb);
-        let mut f = [[_mm512_setzero_ps(); 3]; 3];
+        let m = V::mask(c - cb);
+        let mut f = [[V::zero(); 3]; 3];
         for (row, fr) in f.iter_mut().enumerate().take(R) {
             for (j, fv) in fr.iter_mut().enumerate().take(K) {
-                *fv = _mm512_maskz_loadu_ps(m, r.filt.add(d.filt[row][j] + cb));
+                *fv = V::load(r.filt.add(d.filt[row][j] + cb), m);
             }
         }
         let mut t = 0;
         while t + P <= r.count {
-            gather_pixels::<R, K, S, P>(r, d, &f, t, cb, m);
+            gather_pixels::<V, R, K, S, P>(r, d, &f, t, cb, m);
             t += P;
         }
         while t < r.count {
-            gather_pixels::<R, K, S, 1>(r, d, &f, t, cb, m);
+            gather_pixels::<V, R, K, S, 1>(r, d, &f, t, cb, m);
             t += 1;
         }
-        cb += 16;
+        cb += V::N;
     }
 }
 
 #[inline(always)]
-unsafe fn gather_pixels<const R: usize, const K: usize, const S: usize, const N: usize>(
+unsafe fn gather_pixels<
+    V: Lanes,
+    const R: usize,
+    const K: usize,
+    const S: usize,
+    const N: usize,
+>(
     r: &GatherRun,
     d: &Dense,
-    f: &[[__m512; 3]; 3],
+    f: &[[V; 3]; 3],
     t: usize,
     cb: usize,
-    m: __mmask16,
+    m: V::Mask,
 ) {
     // Opaque per group: keeps LLVM from turning every tap address into its
     // own induction variable (18+ of them, spilled to the stack); the
     // column offsets are then a few `lea`s off one row pointer.
     let c = std::hint::black_box(r.c);
-    let mut acc = [_mm512_setzero_ps(); P];
-    for row in 0..R {
-        let base = r.src.add(d.src_row[row] + t * r.src_step + cb);
+    let mut acc = [V::zero(); P];
+    for (fr, &src_row) in f.iter().zip(&d.src_row).take(R) {
+        let base = r.src.add(src_row + t * r.src_step + cb);
         // Source columns of N pixels: (N − 1)·S + K of them (≤ 9).
-        let mut v = [_mm512_setzero_ps(); 3 * 2 + 3];
+        let mut v = [V::zero(); 3 * 2 + 3];
         for (q, vq) in v.iter_mut().enumerate().take((N - 1) * S + K) {
-            *vq = _mm512_maskz_loadu_ps(m, base.add(q * c));
+            *vq = V::load(base.add(q * c), m);
         }
         for (p, a) in acc.iter_mut().enumerate().take(N) {
             for j in 0..K {
-                *a = _mm512_fmadd_ps(v[p * S + j], f[row][j], *a);
+                *a = V::fmadd(v[p * S + j], fr[j], *a);
             }
         }
     }
     for (p, a) in acc.iter().enumerate().take(N) {
-        _mm512_mask_storeu_ps(r.dst.add((t + p) * r.dst_step + cb), m, *a);
+        V::store(r.dst.add((t + p) * r.dst_step + cb), m, *a);
     }
 }
 
-#[target_feature(enable = "avx512f")]
-unsafe fn reduce_rks<const R: usize, const K: usize, const S: usize>(r: &ReduceRun, d: &Dense) {
+#[inline(always)]
+unsafe fn reduce_rks<V: Lanes, const R: usize, const K: usize, const S: usize>(
+    r: &ReduceRun,
+    d: &Dense,
+) {
     let c = r.c;
     let mut cb = 0;
     while cb < c {
-        let m = mask(c, cb);
-        let mut acc = [[_mm512_setzero_ps(); 3]; 3];
+        let m = V::mask(c - cb);
+        let mut acc = [[V::zero(); 3]; 3];
         let mut t = 0;
         while t + P <= r.count {
-            reduce_pixels::<R, K, S, P>(r, d, &mut acc, t, cb, m);
+            reduce_pixels::<V, R, K, S, P>(r, d, &mut acc, t, cb, m);
             t += P;
         }
         while t < r.count {
-            reduce_pixels::<R, K, S, 1>(r, d, &mut acc, t, cb, m);
+            reduce_pixels::<V, R, K, S, 1>(r, d, &mut acc, t, cb, m);
             t += 1;
         }
         for (row, ar) in acc.iter().enumerate().take(R) {
             for (j, a) in ar.iter().enumerate().take(K) {
                 let p = r.acc.add(d.filt[row][j] + cb);
-                _mm512_mask_storeu_ps(p, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, p), *a));
+                V::store(p, m, V::add(V::load(p, m), *a));
             }
         }
-        cb += 16;
+        cb += V::N;
     }
 }
 
 #[inline(always)]
-unsafe fn reduce_pixels<const R: usize, const K: usize, const S: usize, const N: usize>(
+unsafe fn reduce_pixels<
+    V: Lanes,
+    const R: usize,
+    const K: usize,
+    const S: usize,
+    const N: usize,
+>(
     r: &ReduceRun,
     d: &Dense,
-    acc: &mut [[__m512; 3]; 3],
+    acc: &mut [[V; 3]; 3],
     t: usize,
     cb: usize,
-    m: __mmask16,
+    m: V::Mask,
 ) {
     let c = std::hint::black_box(r.c);
-    let mut g = [_mm512_setzero_ps(); P];
+    let mut g = [V::zero(); P];
     for (p, gp) in g.iter_mut().enumerate().take(N) {
-        *gp = _mm512_maskz_loadu_ps(m, r.dy.add((t + p) * r.dy_step + cb));
+        *gp = V::load(r.dy.add((t + p) * r.dy_step + cb), m);
     }
-    for row in 0..R {
-        let base = r.x.add(d.src_row[row] + t * r.x_step + cb);
-        let mut v = [_mm512_setzero_ps(); 3 * 2 + 3];
+    for (ar, &src_row) in acc.iter_mut().zip(&d.src_row).take(R) {
+        let base = r.x.add(src_row + t * r.x_step + cb);
+        let mut v = [V::zero(); 3 * 2 + 3];
         for (q, vq) in v.iter_mut().enumerate().take((N - 1) * S + K) {
-            *vq = _mm512_maskz_loadu_ps(m, base.add(q * c));
+            *vq = V::load(base.add(q * c), m);
         }
         for (p, gp) in g.iter().enumerate().take(N) {
             for j in 0..K {
-                acc[row][j] = _mm512_fmadd_ps(v[p * S + j], *gp, acc[row][j]);
+                ar[j] = V::fmadd(v[p * S + j], *gp, ar[j]);
             }
         }
     }
@@ -224,13 +351,13 @@ pub(super) fn block(
     Some((d, rows.len(), cols.len()))
 }
 
-/// A [`Dense`] block with its shape `(rows, cols)` and source step.
-pub(super) type Block = (Dense, usize, usize, usize);
+/// A [`Dense`] block with its shape and source step `(rows, cols, step)`.
+pub(super) type Block = (Dense, (usize, usize, usize));
 
 /// The dense block of every (destination row, column run) pair, row-major;
-/// `None` where a run has no specialised loop (or not on AVX-512).
+/// `None` where a run has no specialised loop (or the ISA has none).
 pub(super) fn blocks(
-    isa: super::Isa,
+    isa: Isa,
     rows: &super::plan::AxisPlan,
     cols: &super::plan::AxisPlan,
     sw: usize,
@@ -241,10 +368,10 @@ pub(super) fn blocks(
     for row_taps in &rows.taps {
         for run in &cols.runs {
             out.push(
-                (isa == super::Isa::Avx512 && (1..=2).contains(&run.src_step))
+                (isa != Isa::Scalar && (1..=2).contains(&run.src_step))
                     .then(|| block(row_taps, &run.taps, sw, kw, c))
                     .flatten()
-                    .map(|(d, nr, nc)| (d, nr, nc, run.src_step)),
+                    .map(|(d, nr, nc)| (d, (nr, nc, run.src_step))),
             );
         }
     }

@@ -1,12 +1,12 @@
 //! The filter gradient: a reduction over batch and output pixels. Each rayon
-//! split accumulates into its own `[kh, kw, c]` partial sum (no sharing, no
-//! atomics); the partials are added at the end.
+//! split (a range of image rows) accumulates into its own `[kh, kw, c]`
+//! partial sum (no sharing, no atomics); the partials are added at the end.
 
 use rayon::prelude::*;
 
-use super::plan::AxisPlan;
 #[cfg(target_arch = "x86_64")]
 use super::dense;
+use super::plan::AxisPlan;
 use super::simd::{reduce_run, Isa, ReduceRun, Tap};
 
 /// `df[ki, kj, ch] = Σ_{n, i, j} x[n, i·sh − pt + ki, j·sw − pl + kj, ch] · dy[n, i, j, ch]`
@@ -23,13 +23,18 @@ pub(super) struct FilterGrad<'a> {
     pub cols: &'a AxisPlan,
 }
 
+/// Dense tap blocks per (output row, column run) where the ISA has them.
+#[cfg(target_arch = "x86_64")]
+type Blocks = Vec<Option<dense::Block>>;
+#[cfg(not(target_arch = "x86_64"))]
+type Blocks = ();
+
 impl FilterGrad<'_> {
     pub(super) fn run(&self) -> Vec<f32> {
         let [kh, kw] = self.k_hw;
-        let c = self.c;
-        let len = kh * kw * c;
-        let (oh, ow) = (self.rows.taps.len(), self.cols.taps.len());
-        if self.n * oh * ow * c == 0 {
+        let len = kh * kw * self.c;
+        let oh = self.rows.taps.len();
+        if self.n * oh * self.cols.taps.len() * self.c == 0 {
             return vec![0.0; len];
         }
         let max_taps = self.rows.taps.iter().map(Vec::len).max().unwrap_or(0)
@@ -40,52 +45,17 @@ impl FilterGrad<'_> {
                 .map(|r| r.taps.len())
                 .max()
                 .unwrap_or(0);
-        let x_img = self.x_hw[0] * self.x_hw[1] * c;
-        let dy_img = oh * ow * c;
-        let xw = self.x_hw[1];
         #[cfg(target_arch = "x86_64")]
-        let blocks = dense::blocks(self.isa, self.rows, self.cols, xw, kw, c);
-        (0..self.n)
+        let blocks = dense::blocks(self.isa, self.rows, self.cols, self.x_hw[1], kw, self.c);
+        #[cfg(not(target_arch = "x86_64"))]
+        let blocks = ();
+        // One item per (image, output row), so a batch of one still splits.
+        (0..self.n * oh)
             .into_par_iter()
             .fold(
                 || (vec![0f32; len], Vec::with_capacity(max_taps)),
-                |(mut acc, mut taps): (Vec<f32>, Vec<Tap>), img| {
-                    let x = self.x[img * x_img..].as_ptr();
-                    for (i, row_taps) in self.rows.taps.iter().enumerate() {
-                        let dy_row = &self.dy[img * dy_img + i * ow * c..];
-                        for (ri, run) in self.cols.runs.iter().enumerate() {
-                            let r = ReduceRun {
-                                acc: acc.as_mut_ptr(),
-                                x,
-                                x_step: run.src_step * c,
-                                dy: dy_row[run.o0 * c..].as_ptr(),
-                                dy_step: run.o_step * c,
-                                count: run.count,
-                                c,
-                            };
-                            #[cfg(target_arch = "x86_64")]
-                            if let Some((d, nr, nc, s)) = &blocks[i * self.cols.runs.len() + ri] {
-                                // SAFETY: as below; the block holds the same
-                                // taps, blocks exist only for AVX-512.
-                                unsafe { dense::reduce(&r, d, *nr, *nc, *s) };
-                                continue;
-                            }
-                            taps.clear();
-                            for rt in row_taps {
-                                for ct in &run.taps {
-                                    taps.push(Tap {
-                                        src: (rt.src * xw + ct.src) * c,
-                                        filt: (rt.k * kw + ct.k) * c,
-                                    });
-                                }
-                            }
-                            // SAFETY: taps lie inside the input image and the
-                            // `[kh, kw, c]` accumulator, the run inside the
-                            // output row (plan.rs); `isa` was checked by the
-                            // caller.
-                            unsafe { reduce_run(self.isa, &r, &taps) }
-                        }
-                    }
+                |(mut acc, mut taps), idx| {
+                    self.row(&mut acc, &mut taps, &blocks, idx / oh, idx % oh);
                     (acc, taps)
                 },
             )
@@ -95,5 +65,48 @@ impl FilterGrad<'_> {
                 a
             })
             .unwrap_or_else(|| vec![0.0; len])
+    }
+
+    /// Adds the products of output row `i` of image `img` into `acc`.
+    fn row(&self, acc: &mut [f32], taps: &mut Vec<Tap>, blocks: &Blocks, img: usize, i: usize) {
+        let c = self.c;
+        let (xw, kw) = (self.x_hw[1], self.k_hw[1]);
+        let ow = self.cols.taps.len();
+        let x = self.x[img * self.x_hw[0] * xw * c..].as_ptr();
+        let dy_row = &self.dy[((img * self.rows.taps.len() + i) * ow) * c..];
+        let row_taps = &self.rows.taps[i];
+        for (ri, run) in self.cols.runs.iter().enumerate() {
+            let r = ReduceRun {
+                acc: acc.as_mut_ptr(),
+                x,
+                x_step: run.src_step * c,
+                dy: dy_row[run.o0 * c..].as_ptr(),
+                dy_step: run.o_step * c,
+                count: run.count,
+                c,
+            };
+            #[cfg(target_arch = "x86_64")]
+            if let Some((d, shape)) = &blocks[i * self.cols.runs.len() + ri] {
+                // SAFETY: as below; the block holds the same taps, blocks
+                // exist only for the SIMD ISAs (checked by the caller).
+                unsafe { dense::reduce(self.isa, &r, d, *shape) };
+                continue;
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (blocks, ri);
+            taps.clear();
+            for rt in row_taps {
+                for ct in &run.taps {
+                    taps.push(Tap {
+                        src: (rt.src * xw + ct.src) * c,
+                        filt: (rt.k * kw + ct.k) * c,
+                    });
+                }
+            }
+            // SAFETY: taps lie inside the input image and the `[kh, kw, c]`
+            // accumulator, the run inside the output row (plan.rs); `isa`
+            // was checked against the CPU by the caller.
+            unsafe { reduce_run(self.isa, &r, taps) }
+        }
     }
 }

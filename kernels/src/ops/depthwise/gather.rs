@@ -6,9 +6,9 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::plan::AxisPlan;
 #[cfg(target_arch = "x86_64")]
 use super::dense;
+use super::plan::AxisPlan;
 use super::simd::{gather_run, GatherRun, Isa, Tap};
 
 /// `dst[n, i, j, ch] = Σ src[n, ·, ·, ch] · filt[·, ·, ch]` over the taps of
@@ -63,10 +63,11 @@ impl Gather<'_> {
                         c,
                     };
                     #[cfg(target_arch = "x86_64")]
-                    if let Some((d, nr, nc, s)) = &blocks[i * self.cols.runs.len() + ri] {
-                        // SAFETY: as below; the block holds the same taps,
-                        // blocks exist only for AVX-512 (checked by the caller).
-                        unsafe { dense::gather(&g, d, *nr, *nc, *s) };
+                    if let Some((d, shape)) = &blocks[i * self.cols.runs.len() + ri] {
+                        // SAFETY: as below; the block holds the same taps;
+                        // blocks exist only for the SIMD ISAs, checked by
+                        // the caller.
+                        unsafe { dense::gather(self.isa, &g, d, *shape) };
                         continue;
                     }
                     taps.clear();

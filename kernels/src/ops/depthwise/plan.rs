@@ -77,7 +77,7 @@ pub(super) fn backward_axis(
             (0..k_size)
                 .filter_map(|k| {
                     let t = (o + pad) as isize - k as isize;
-                    if t < 0 || t as usize % stride != 0 {
+                    if t < 0 || !(t as usize).is_multiple_of(stride) {
                         return None;
                     }
                     let s = t as usize / stride;
