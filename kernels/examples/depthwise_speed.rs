@@ -3,6 +3,8 @@
 //! forward x + out, backprop-input dy + dx, backprop-filter x + dy).
 //!
 //! `cargo run -p psflow-kernels --release --example depthwise_speed`
+//! (`RAYON_NUM_THREADS=1` for one core). On a shared machine compare the
+//! min column; GFLOP/s and GB/s are from the median.
 
 use std::time::Instant;
 
@@ -27,8 +29,8 @@ fn cpu_seconds() -> f64 {
     (f[11] + f[12]) / 100.0
 }
 
-/// (median wall ms, CPU ms per call).
-fn time_ms(mut run: impl FnMut()) -> (f64, f64) {
+/// (median wall ms, min wall ms, CPU ms per call).
+fn time_ms(mut run: impl FnMut()) -> (f64, f64, f64) {
     for _ in 0..5 {
         run();
     }
@@ -43,7 +45,7 @@ fn time_ms(mut run: impl FnMut()) -> (f64, f64) {
         .collect();
     let cpu = (cpu_seconds() - cpu0) * 1e3 / iters as f64;
     t.sort_by(f64::total_cmp);
-    (t[t.len() / 2], cpu)
+    (t[t.len() / 2], t[0], cpu)
 }
 
 /// An op to time, by name.
@@ -52,8 +54,8 @@ type Named<'a> = (&'static str, Box<dyn FnMut() + 'a>);
 fn main() {
     let n = 128;
     println!(
-        "{:<16} {:>3} {:<16} {:>8} {:>8} {:>7} {:>8}",
-        "shape", "s", "op", "ms", "GFLOP/s", "GB/s", "cpu ms"
+        "{:<16} {:>3} {:<16} {:>8} {:>8} {:>7} {:>8} {:>8}",
+        "shape", "s", "op", "med ms", "GFLOP/s", "GB/s", "min ms", "cpu ms"
     );
     for (hw, c) in [(16usize, 64usize), (8, 128), (4, 256), (2, 512)] {
         for s in [1usize, 2] {
@@ -86,15 +88,16 @@ fn main() {
                 ),
             ];
             for (name, mut run) in runs {
-                let (ms, cpu) = time_ms(&mut run);
+                let (ms, min, cpu) = time_ms(&mut run);
                 println!(
-                    "{:<16} {:>3} {:<16} {:>8.3} {:>8.1} {:>7.1} {:>8.3}",
+                    "{:<16} {:>3} {:<16} {:>8.3} {:>8.1} {:>7.1} {:>8.3} {:>8.3}",
                     format!("{n}x{hw}x{hw}x{c}"),
                     s,
                     name,
                     ms,
                     flops / ms / 1e6,
                     bytes / ms / 1e6,
+                    min,
                     cpu
                 );
             }

@@ -58,6 +58,11 @@ fn awkward_cases() -> Vec<Case> {
         case([2, 1, 1, 9], [3, 3, 1], [1, 1], Same),  // 1x1 image
         case([1, 7, 7, 24], [7, 7, 1], [2, 2], Same), // filter as large as the image
         case([1, 5, 4, 48], [4, 2, 1], [2, 3], Same), // even filter, SAME
+        // Batches of small images: tasks walk groups of images (the last
+        // group shorter), on the dense and the general loops.
+        case([34, 2, 2, 24], [3, 3, 1], [1, 1], Same),
+        case([34, 3, 5, 20], [3, 3, 2], [2, 1], Same),
+        case([34, 6, 6, 5], [4, 4, 1], [1, 1], Same),
     ]
 }
 

@@ -201,14 +201,17 @@ unsafe fn gather_rks<V: Lanes, const R: usize, const K: usize, const S: usize>(
                 *fv = V::load(r.filt.add(d.filt[row][j] + cb), m);
             }
         }
-        let mut t = 0;
-        while t + P <= r.count {
-            gather_pixels::<V, R, K, S, P>(r, d, &f, t, cb, m);
-            t += P;
-        }
-        while t < r.count {
-            gather_pixels::<V, R, K, S, 1>(r, d, &f, t, cb, m);
-            t += 1;
+        for l in 0..r.lines {
+            let line = (l * r.src_line + cb, l * r.dst_line + cb);
+            let mut t = 0;
+            while t + P <= r.count {
+                gather_pixels::<V, R, K, S, P>(r, d, &f, t, line, m);
+                t += P;
+            }
+            while t < r.count {
+                gather_pixels::<V, R, K, S, 1>(r, d, &f, t, line, m);
+                t += 1;
+            }
         }
         cb += V::N;
     }
@@ -226,7 +229,7 @@ unsafe fn gather_pixels<
     d: &Dense,
     f: &[[V; 3]; 3],
     t: usize,
-    cb: usize,
+    (src_off, dst_off): (usize, usize),
     m: V::Mask,
 ) {
     // Opaque per group: keeps LLVM from turning every tap address into its
@@ -235,7 +238,7 @@ unsafe fn gather_pixels<
     let c = std::hint::black_box(r.c);
     let mut acc = [V::zero(); P];
     for (fr, &src_row) in f.iter().zip(&d.src_row).take(R) {
-        let base = r.src.add(src_row + t * r.src_step + cb);
+        let base = r.src.add(src_off + src_row + t * r.src_step);
         // Source columns of N pixels: (N − 1)·S + K of them (≤ 9).
         let mut v = [V::zero(); 3 * 2 + 3];
         for (q, vq) in v.iter_mut().enumerate().take((N - 1) * S + K) {
@@ -248,7 +251,7 @@ unsafe fn gather_pixels<
         }
     }
     for (p, a) in acc.iter().enumerate().take(N) {
-        V::store(r.dst.add((t + p) * r.dst_step + cb), m, *a);
+        V::store(r.dst.add(dst_off + (t + p) * r.dst_step), m, *a);
     }
 }
 
@@ -262,14 +265,17 @@ unsafe fn reduce_rks<V: Lanes, const R: usize, const K: usize, const S: usize>(
     while cb < c {
         let m = V::mask(c - cb);
         let mut acc = [[V::zero(); 3]; 3];
-        let mut t = 0;
-        while t + P <= r.count {
-            reduce_pixels::<V, R, K, S, P>(r, d, &mut acc, t, cb, m);
-            t += P;
-        }
-        while t < r.count {
-            reduce_pixels::<V, R, K, S, 1>(r, d, &mut acc, t, cb, m);
-            t += 1;
+        for l in 0..r.lines {
+            let line = (l * r.x_line + cb, l * r.dy_line + cb);
+            let mut t = 0;
+            while t + P <= r.count {
+                reduce_pixels::<V, R, K, S, P>(r, d, &mut acc, t, line, m);
+                t += P;
+            }
+            while t < r.count {
+                reduce_pixels::<V, R, K, S, 1>(r, d, &mut acc, t, line, m);
+                t += 1;
+            }
         }
         for (row, ar) in acc.iter().enumerate().take(R) {
             for (j, a) in ar.iter().enumerate().take(K) {
@@ -293,16 +299,16 @@ unsafe fn reduce_pixels<
     d: &Dense,
     acc: &mut [[V; 3]; 3],
     t: usize,
-    cb: usize,
+    (x_off, dy_off): (usize, usize),
     m: V::Mask,
 ) {
     let c = std::hint::black_box(r.c);
     let mut g = [V::zero(); P];
     for (p, gp) in g.iter_mut().enumerate().take(N) {
-        *gp = V::load(r.dy.add((t + p) * r.dy_step + cb), m);
+        *gp = V::load(r.dy.add(dy_off + (t + p) * r.dy_step), m);
     }
     for (ar, &src_row) in acc.iter_mut().zip(&d.src_row).take(R) {
-        let base = r.x.add(src_row + t * r.x_step + cb);
+        let base = r.x.add(x_off + src_row + t * r.x_step);
         let mut v = [V::zero(); 3 * 2 + 3];
         for (q, vq) in v.iter_mut().enumerate().take((N - 1) * S + K) {
             *vq = V::load(base.add(q * c), m);

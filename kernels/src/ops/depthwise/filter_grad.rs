@@ -1,11 +1,13 @@
 //! The filter gradient: a reduction over batch and output pixels. Each rayon
-//! split (a range of image rows) accumulates into its own `[kh, kw, c]`
-//! partial sum (no sharing, no atomics); the partials are added at the end.
+//! split (a range of (image group, row) items) accumulates into its own
+//! `[kh, kw, c]` partial sum (no sharing, no atomics); the partials are
+//! added at the end.
 
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 use super::dense;
+use super::gather::group_size;
 use super::plan::AxisPlan;
 use super::simd::{reduce_run, Isa, ReduceRun, Tap};
 
@@ -49,13 +51,18 @@ impl FilterGrad<'_> {
         let blocks = dense::blocks(self.isa, self.rows, self.cols, self.x_hw[1], kw, self.c);
         #[cfg(not(target_arch = "x86_64"))]
         let blocks = ();
-        // One item per (image, output row), so a batch of one still splits.
-        (0..self.n * oh)
+        let img_bytes = 4 * self.c * (self.x_hw[0] * self.x_hw[1] + oh * self.cols.taps.len());
+        let group = group_size(self.n, img_bytes, oh);
+        // One item per (group of images, output row), so that small images
+        // give long runs and a batch of one still splits over the threads.
+        (0..self.n.div_ceil(group) * oh)
             .into_par_iter()
             .fold(
                 || (vec![0f32; len], Vec::with_capacity(max_taps)),
                 |(mut acc, mut taps), idx| {
-                    self.row(&mut acc, &mut taps, &blocks, idx / oh, idx % oh);
+                    let first = (idx / oh) * group;
+                    let lines = group.min(self.n - first);
+                    self.row(&mut acc, &mut taps, &blocks, (first, lines), idx % oh);
                     (acc, taps)
                 },
             )
@@ -67,13 +74,23 @@ impl FilterGrad<'_> {
             .unwrap_or_else(|| vec![0.0; len])
     }
 
-    /// Adds the products of output row `i` of image `img` into `acc`.
-    fn row(&self, acc: &mut [f32], taps: &mut Vec<Tap>, blocks: &Blocks, img: usize, i: usize) {
+    /// Adds the products of output row `i` of images `first..first + lines`
+    /// into `acc`.
+    fn row(
+        &self,
+        acc: &mut [f32],
+        taps: &mut Vec<Tap>,
+        blocks: &Blocks,
+        (first, lines): (usize, usize),
+        i: usize,
+    ) {
         let c = self.c;
         let (xw, kw) = (self.x_hw[1], self.k_hw[1]);
         let ow = self.cols.taps.len();
-        let x = self.x[img * self.x_hw[0] * xw * c..].as_ptr();
-        let dy_row = &self.dy[((img * self.rows.taps.len() + i) * ow) * c..];
+        let x_img = self.x_hw[0] * xw * c;
+        let dy_img = self.rows.taps.len() * ow * c;
+        let x = self.x[first * x_img..].as_ptr();
+        let dy_row = &self.dy[first * dy_img + i * ow * c..];
         let row_taps = &self.rows.taps[i];
         for (ri, run) in self.cols.runs.iter().enumerate() {
             let r = ReduceRun {
@@ -84,6 +101,9 @@ impl FilterGrad<'_> {
                 dy_step: run.o_step * c,
                 count: run.count,
                 c,
+                lines,
+                x_line: x_img,
+                dy_line: dy_img,
             };
             #[cfg(target_arch = "x86_64")]
             if let Some((d, shape)) = &blocks[i * self.cols.runs.len() + ri] {
@@ -104,8 +124,8 @@ impl FilterGrad<'_> {
                 }
             }
             // SAFETY: taps lie inside the input image and the `[kh, kw, c]`
-            // accumulator, the run inside the output row (plan.rs); `isa`
-            // was checked against the CPU by the caller.
+            // accumulator, the run inside the output row (plan.rs), the
+            // `lines` images exist; `isa` was checked by the caller.
             unsafe { reduce_run(self.isa, &r, taps) }
         }
     }

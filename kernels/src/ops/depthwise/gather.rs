@@ -26,41 +26,68 @@ pub(super) struct Gather<'a> {
     pub cols: &'a AxisPlan,
 }
 
+/// Images handled together by one task: as many as fit ~256 KiB of source
+/// and destination (so the inner loops walk one tap pattern over all of
+/// them while they stay in L2), fewer when that would leave too few tasks
+/// (`rows` tasks per group) to share over the threads.
+pub(super) fn group_size(n: usize, img_bytes: usize, rows: usize) -> usize {
+    let tasks_wanted = 8 * rayon::current_num_threads();
+    let mut g = (256 * 1024 / img_bytes.max(1)).clamp(1, n.max(1));
+    while g > 1 && n.div_ceil(g) * rows < tasks_wanted {
+        g = g.div_ceil(2);
+    }
+    g
+}
+
+/// The destination buffer, shared by tasks that write disjoint rows.
+#[derive(Clone, Copy)]
+struct DstPtr(*mut f32);
+// SAFETY: tasks write disjoint (image, row) slices of the buffer, and
+// `Gather::run` outlives them all (rayon joins before returning).
+unsafe impl Send for DstPtr {}
+unsafe impl Sync for DstPtr {}
+
 impl Gather<'_> {
-    /// Writes every element of `dst`, one task per destination row.
+    /// Writes every element of `dst`; one task per (group of images,
+    /// destination row).
     pub(super) fn run(&self, dst: &mut [MaybeUninit<f32>]) {
         let (dh, dw, c) = (self.rows.taps.len(), self.cols.taps.len(), self.c);
         let row_len = dw * c;
         if dst.is_empty() || row_len == 0 || dh == 0 {
             return;
         }
-        debug_assert_eq!(dst.len() % (row_len * dh), 0);
+        let dst_img = dh * row_len;
+        debug_assert_eq!(dst.len() % dst_img, 0);
+        let n = dst.len() / dst_img;
         let src_img = self.src_hw[0] * self.src_hw[1] * c;
+        let group = group_size(n, 4 * (src_img + dst_img), dh);
         let max_row = self.rows.taps.iter().map(Vec::len).max().unwrap_or(0);
-        let max_col = self
-            .cols
-            .runs
-            .iter()
-            .map(|r| r.taps.len())
-            .max()
-            .unwrap_or(0);
+        let max_col = self.cols.runs.iter().map(|r| r.taps.len()).max();
         let sw = self.src_hw[1];
         #[cfg(target_arch = "x86_64")]
         let blocks = dense::blocks(self.isa, self.rows, self.cols, sw, self.kw, c);
-        dst.par_chunks_mut(row_len).enumerate().for_each_init(
-            || Vec::with_capacity(max_row * max_col),
-            |taps: &mut Vec<Tap>, (idx, row)| {
-                let (img, i) = (idx / dh, idx % dh);
-                let src = self.src[img * src_img..].as_ptr();
+        let dst = DstPtr(dst.as_mut_ptr().cast::<f32>());
+        (0..n.div_ceil(group) * dh).into_par_iter().for_each_init(
+            || Vec::with_capacity(max_row * max_col.unwrap_or(0)),
+            |taps: &mut Vec<Tap>, idx| {
+                let dst = dst;
+                let (first, i) = ((idx / dh) * group, idx % dh);
+                let lines = group.min(n - first);
+                let src = self.src[first * src_img..].as_ptr();
                 for (ri, run) in self.cols.runs.iter().enumerate() {
                     let g = GatherRun {
-                        dst: row[run.o0 * c..].as_mut_ptr().cast::<f32>(),
+                        // SAFETY: inside `dst`: image `first`, row `i`,
+                        // column `run.o0 < dw`.
+                        dst: unsafe { dst.0.add(first * dst_img + i * row_len + run.o0 * c) },
                         dst_step: run.o_step * c,
                         src,
                         src_step: run.src_step * c,
                         filt: self.filt.as_ptr(),
                         count: run.count,
                         c,
+                        lines,
+                        dst_line: dst_img,
+                        src_line: src_img,
                     };
                     #[cfg(target_arch = "x86_64")]
                     if let Some((d, shape)) = &blocks[i * self.cols.runs.len() + ri] {
@@ -81,8 +108,9 @@ impl Gather<'_> {
                     }
                     // SAFETY: the plans only list taps inside the source
                     // image and the filter, runs stay inside the row
-                    // (plan.rs builds and tests them), `isa` was checked
-                    // against the CPU by the caller.
+                    // (plan.rs builds and tests them), the `lines` images
+                    // exist in both buffers, and `isa` was checked against
+                    // the CPU by the caller.
                     unsafe { gather_run(self.isa, &g, taps) }
                 }
             },

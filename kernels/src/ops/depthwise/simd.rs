@@ -64,7 +64,9 @@ pub(super) struct Tap {
 }
 
 /// A run of `count` destination pixels of `c` channels sharing one tap
-/// pattern.
+/// pattern, repeated over `lines` images (`dst_line`/`src_line` apart) so
+/// that small images still give the loops long runs.
+#[derive(Clone, Copy)]
 pub(super) struct GatherRun {
     pub dst: *mut f32,
     pub dst_step: usize,
@@ -73,10 +75,15 @@ pub(super) struct GatherRun {
     pub filt: *const f32,
     pub count: usize,
     pub c: usize,
+    pub lines: usize,
+    pub dst_line: usize,
+    pub src_line: usize,
 }
 
 /// A run of `count` output-gradient pixels whose products with the input
-/// accumulate into `acc` (one `[c]` slice per tap).
+/// accumulate into `acc` (one `[c]` slice per tap), repeated over `lines`
+/// images.
+#[derive(Clone, Copy)]
 pub(super) struct ReduceRun {
     pub acc: *mut f32,
     pub x: *const f32,
@@ -85,19 +92,30 @@ pub(super) struct ReduceRun {
     pub dy_step: usize,
     pub count: usize,
     pub c: usize,
+    pub lines: usize,
+    pub x_line: usize,
+    pub dy_line: usize,
 }
 
 /// # Safety
-/// Every address `r.src + tap.src + t·r.src_step + ch` and
-/// `r.filt + tap.filt + ch` (for `t < r.count`, `ch < r.c`) must be readable
-/// and every `r.dst + t·r.dst_step + ch` writable, and `isa` supported.
+/// Every address `r.src + l·r.src_line + tap.src + t·r.src_step + ch` and
+/// `r.filt + tap.filt + ch` (for `l < r.lines`, `t < r.count`, `ch < r.c`)
+/// must be readable and every `r.dst + l·r.dst_line + t·r.dst_step + ch`
+/// writable, and `isa` supported.
 pub(super) unsafe fn gather_run(isa: Isa, r: &GatherRun, taps: &[Tap]) {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => x86::gather_avx512(r, taps),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => x86::gather_avx2(r, taps),
-        _ => gather_scalar(r, taps),
+    for l in 0..r.lines {
+        let r = &GatherRun {
+            dst: r.dst.add(l * r.dst_line),
+            src: r.src.add(l * r.src_line),
+            ..*r
+        };
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => x86::gather_avx512(r, taps),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => x86::gather_avx2(r, taps),
+            _ => gather_scalar(r, taps),
+        }
     }
 }
 
@@ -105,12 +123,19 @@ pub(super) unsafe fn gather_run(isa: Isa, r: &GatherRun, taps: &[Tap]) {
 /// As [`gather_run`], with `x`/`dy` read and `acc + tap.filt + ch` read and
 /// written.
 pub(super) unsafe fn reduce_run(isa: Isa, r: &ReduceRun, taps: &[Tap]) {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => x86::reduce_avx512(r, taps),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => x86::reduce_avx2(r, taps),
-        _ => reduce_scalar(r, taps),
+    for l in 0..r.lines {
+        let r = &ReduceRun {
+            x: r.x.add(l * r.x_line),
+            dy: r.dy.add(l * r.dy_line),
+            ..*r
+        };
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => x86::reduce_avx512(r, taps),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => x86::reduce_avx2(r, taps),
+            _ => reduce_scalar(r, taps),
+        }
     }
 }
 
