@@ -192,16 +192,19 @@ unsafe fn gather_rks<V: Lanes, const R: usize, const K: usize, const S: usize>(
     d: &Dense,
 ) {
     let c = r.c;
-    let mut cb = 0;
-    while cb < c {
-        let m = V::mask(c - cb);
-        let mut f = [[V::zero(); 3]; 3];
-        for (row, fr) in f.iter_mut().enumerate().take(R) {
-            for (j, fv) in fr.iter_mut().enumerate().take(K) {
-                *fv = V::load(r.filt.add(d.filt[row][j] + cb), m);
+    // Images outer, channel blocks inner: each image's pixels are read and
+    // written front to back (prefetch-friendly); the taps are reloaded per
+    // image from L1, a few loads per block.
+    for l in 0..r.lines {
+        let mut cb = 0;
+        while cb < c {
+            let m = V::mask(c - cb);
+            let mut f = [[V::zero(); 3]; 3];
+            for (row, fr) in f.iter_mut().enumerate().take(R) {
+                for (j, fv) in fr.iter_mut().enumerate().take(K) {
+                    *fv = V::load(r.filt.add(d.filt[row][j] + cb), m);
+                }
             }
-        }
-        for l in 0..r.lines {
             let line = (l * r.src_line + cb, l * r.dst_line + cb);
             let mut t = 0;
             while t + P <= r.count {
@@ -212,8 +215,8 @@ unsafe fn gather_rks<V: Lanes, const R: usize, const K: usize, const S: usize>(
                 gather_pixels::<V, R, K, S, 1>(r, d, &f, t, line, m);
                 t += 1;
             }
+            cb += V::N;
         }
-        cb += V::N;
     }
 }
 
