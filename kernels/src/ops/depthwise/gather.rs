@@ -47,6 +47,14 @@ struct DstPtr(*mut f32);
 unsafe impl Send for DstPtr {}
 unsafe impl Sync for DstPtr {}
 
+impl DstPtr {
+    /// A method, so closures capture the whole (Sync) wrapper rather than
+    /// the raw pointer field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 impl Gather<'_> {
     /// Writes every element of `dst`; one task per (group of images,
     /// destination row).
@@ -70,7 +78,6 @@ impl Gather<'_> {
         (0..n.div_ceil(group) * dh).into_par_iter().for_each_init(
             || Vec::with_capacity(max_row * max_col.unwrap_or(0)),
             |taps: &mut Vec<Tap>, idx| {
-                let dst = dst;
                 let (first, i) = ((idx / dh) * group, idx % dh);
                 let lines = group.min(n - first);
                 let src = self.src[first * src_img..].as_ptr();
@@ -78,7 +85,7 @@ impl Gather<'_> {
                     let g = GatherRun {
                         // SAFETY: inside `dst`: image `first`, row `i`,
                         // column `run.o0 < dw`.
-                        dst: unsafe { dst.0.add(first * dst_img + i * row_len + run.o0 * c) },
+                        dst: unsafe { dst.get().add(first * dst_img + i * row_len + run.o0 * c) },
                         dst_step: run.o_step * c,
                         src,
                         src_step: run.src_step * c,
