@@ -385,7 +385,7 @@ fn bad_shapes_and_dtypes_are_errors() {
 }
 
 #[test]
-fn empty_batch_gives_empty_outputs() {
+fn empty_batch_and_zero_multiplier_give_empty_outputs() {
     let c = case([0, 5, 5, 4], [3, 3, 1], [1, 1], RefPad::Same);
     let p = params(&c);
     let x = Tensor::new(c.input_shape(), Vec::<f32>::new()).unwrap();
@@ -396,6 +396,16 @@ fn empty_batch_gives_empty_outputs() {
     assert_eq!(dx.shape(), &[0, 5, 5, 4]);
     let df = depthwise_conv2d_backprop_filter(&x, c.filter_shape(), &out, &p).unwrap();
     assert_eq!(df.to_f64_vec(), vec![0.0; 36]);
+
+    // Multiplier 0: no output channels, zero gradients of the right shapes.
+    let x = f32_tensor(&[2, 4, 4, 3]);
+    let f = f32_tensor(&[3, 3, 3, 0]);
+    let out = depthwise_conv2d(&x, &f, &p).unwrap();
+    assert_eq!(out.shape(), &[2, 4, 4, 0]);
+    let dx = depthwise_conv2d_backprop_input([2, 4, 4, 3], &f, &out, &p).unwrap();
+    assert_eq!(dx.to_f64_vec(), vec![0.0; 96]);
+    let df = depthwise_conv2d_backprop_filter(&x, [3, 3, 3, 0], &out, &p).unwrap();
+    assert_eq!(df.shape(), &[3, 3, 3, 0]);
 }
 
 fn pad_strategy() -> impl Strategy<Value = RefPad> {

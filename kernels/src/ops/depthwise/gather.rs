@@ -104,6 +104,8 @@ impl Gather<'_> {
                         unsafe { dense::gather(self.isa, &g, d, *shape) };
                         continue;
                     }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    let _ = ri;
                     taps.clear();
                     for rt in &self.rows.taps[i] {
                         for ct in &run.taps {

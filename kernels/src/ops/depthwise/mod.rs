@@ -100,6 +100,10 @@ pub fn depthwise_conv2d_backprop_input_isa(
         p,
     )?;
     g.check_out_backprop(op, out_backprop)?;
+    if g.m == 0 {
+        // No output channels: nothing flows back.
+        return Ok(Tensor::zeros(DType::F32, input_sizes.to_vec()));
+    }
     let isa = isa.min(Isa::detect());
     let rows = plan::backward_axis(g.h, g.oh, g.kh, g.strides[0], g.win.rows.pad_before);
     let cols = plan::backward_axis(g.w, g.ow, g.kw, g.strides[1], g.win.cols.pad_before);
