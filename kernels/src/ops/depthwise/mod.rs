@@ -5,9 +5,18 @@
 //! Layout of the implementation:
 //! * `plan`: which filter taps each row/column reads (TensorFlow's window
 //!   geometry from [`crate::window_2d`], borders included), grouped in runs;
-//! * `gather`: forward pass and input gradient, parallel over output rows;
+//! * `gather`: forward pass and input gradient, parallel over (group of
+//!   images, output row) tasks;
 //! * `filter_grad`: filter gradient, per-split partial sums then one add;
-//! * `simd`: the channel-innermost inner loops (AVX-512, AVX2+FMA, scalar).
+//! * `simd`: the general channel-innermost inner loops (AVX-512, AVX2+FMA,
+//!   scalar) for any filter size;
+//! * `dense`: the specialised loops for tap blocks up to 3×3 at strides 1
+//!   and 2 (AVX-512, AVX2+FMA), taps held in registers.
+//!
+//! The instruction set is detected at run time ([`Isa::detect`]); the
+//! `*_isa` variants let tests force a lower one (the scalar path included).
+//! The fused depthwise + batch norm + ReLU6 kernel can build on
+//! `forward_into` (crate-internal), which writes into caller memory.
 //!
 //! A multiplier `m > 1` is brought back to `m = 1` over `c·m` channels: the
 //! input is repeated `m` times along channels (`x'[.., ci·m + mi] = x[.., ci]`),
