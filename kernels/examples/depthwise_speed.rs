@@ -3,7 +3,7 @@
 //! forward x + out, backprop-input dy + dx, backprop-filter x + dy).
 //!
 //! `cargo run -p psflow-kernels --release --example depthwise_speed`
-//! (`RAYON_NUM_THREADS=1` for one core). On a shared machine compare the
+//! (`RAYON_NUM_THREADS=1` for one core, `DW_BATCH=16` for another batch). On a shared machine compare the
 //! min column; GFLOP/s and GB/s are from the median.
 
 use std::time::Instant;
@@ -52,7 +52,10 @@ fn time_ms(mut run: impl FnMut()) -> (f64, f64, f64) {
 type Named<'a> = (&'static str, Box<dyn FnMut() + 'a>);
 
 fn main() {
-    let n = 128;
+    let n = std::env::var("DW_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(128);
     println!(
         "{:<16} {:>3} {:<16} {:>8} {:>8} {:>7} {:>8} {:>8}",
         "shape", "s", "op", "med ms", "GFLOP/s", "GB/s", "min ms", "cpu ms"
