@@ -2,7 +2,8 @@
 //! (pixels) against a small weight matrix, or a long depth (pixels again)
 //! for the filter gradient.
 //!
-//! Register tile: `MR = 12` rows × `NR = 32` columns (24 zmm accumulators).
+//! Register tile: up to `MR = 14` rows × `NR = 32` columns (28 zmm
+//! accumulators, 2 for `b`, 1 broadcast).
 //! `b` is packed per depth block into `NR`-wide panels (zero-padded), `a`
 //! is read in place through its strides and broadcast, so the big operand
 //! (the activations) is never copied. Two drivers split the work over the
@@ -16,12 +17,14 @@ use rayon::prelude::*;
 
 use super::gemm::MatRef;
 
-pub(crate) const MR: usize = 12;
+pub(crate) const MR: usize = 14;
 pub(crate) const NR: usize = 32;
 /// Depth block: a packed `KC×NR` panel is 32 KiB, it stays in L1.
-const KC: usize = 256;
+const KC: usize = 128;
 /// Row block walked for one packed panel (its `a` rows stay in L2).
 const MC: usize = MR * 8;
+/// Per-core L2 to plan for (2 MiB on the Sapphire Rapids this was tuned on).
+const L2_BYTES: usize = 2 << 20;
 /// Depth block of the depth-split driver: its `a` block (read in place, one
 /// cache line per depth step) and the `b` panel then share L1.
 const KD: usize = 128;
@@ -60,17 +63,28 @@ fn pack_b(b: MatRef<'_>, p0: usize, kc: usize, n: usize, dst: &mut [f32]) {
         let j0 = jp * NR;
         let w = NR.min(n - j0);
         let panel = &mut dst[jp * kc * NR..(jp + 1) * kc * NR];
-        for p in 0..kc {
-            let row = &mut panel[p * NR..(p + 1) * NR];
-            let base = (p0 + p) * b.rs + j0 * b.cs;
-            if b.cs == 1 {
+        if b.cs == 1 {
+            for p in 0..kc {
+                let row = &mut panel[p * NR..(p + 1) * NR];
+                let base = (p0 + p) * b.rs + j0;
                 row[..w].copy_from_slice(&b.data[base..base + w]);
-            } else {
-                for (c, v) in row[..w].iter_mut().enumerate() {
-                    *v = b.data[base + c * b.cs];
+                row[w..].fill(0.0);
+            }
+        } else {
+            // `b` transposed: read each column as a contiguous run (a
+            // row-wise gather would hit one L1 set with a power-of-two stride).
+            for cc in 0..NR {
+                if cc < w {
+                    let base = p0 * b.rs + (j0 + cc) * b.cs;
+                    for p in 0..kc {
+                        panel[p * NR + cc] = b.data[base + p * b.rs];
+                    }
+                } else {
+                    for p in 0..kc {
+                        panel[p * NR + cc] = 0.0;
+                    }
                 }
             }
-            row[w..].fill(0.0);
         }
     }
 }
@@ -86,22 +100,25 @@ fn block(
     kc: usize,
     packed: &[f32],
     n: usize,
+    panels: std::ops::Range<usize>,
     c: SendPtr,
     ldc: usize,
     alpha: f32,
     overwrite: bool,
 ) {
-    let panels = n.div_ceil(NR);
     let mut i0 = rows.start;
     while i0 < rows.end {
         let mc = MC.min(rows.end - i0);
-        for jp in 0..panels {
+        for jp in panels.clone() {
             let j0 = jp * NR;
             let w = NR.min(n - j0);
             let bp = &packed[jp * kc * NR..(jp + 1) * kc * NR];
+            // Tiles of balanced heights (≤ MR): 64 rows are 5 tiles of
+            // 12-13, not 5×12 + a thin, latency-bound 4.
+            let tiles = mc.div_ceil(MR);
             let mut i = i0;
-            while i < i0 + mc {
-                let mr = MR.min(i0 + mc - i);
+            for t in 0..tiles {
+                let mr = mc / tiles + usize::from(t < mc % tiles);
                 let a_off = i * a.rs + p0 * a.cs;
                 debug_assert!(a.data.len() >= a_off + (mr - 1) * a.rs + (kc - 1) * a.cs + 1);
                 // SAFETY: `a_off` and the strides address rows i..i+mr,
@@ -155,7 +172,7 @@ unsafe fn tile_dispatch(
             }
         };
     }
-    go!(1 2 3 4 5 6 7 8 9 10 11 12)
+    go!(1 2 3 4 5 6 7 8 9 10 11 12 13 14)
 }
 
 /// The register tile: `c[0..R, 0..w] (+)= alpha · a[0..R, 0..kc] · b`.
@@ -283,15 +300,26 @@ pub(crate) fn gemm_rows(
             row[..n].iter_mut().for_each(|x| *x *= beta);
         });
     }
-    // Chunks of whole MR tiles, a few per thread for balance.
-    let tasks = (threads * 4).max(1);
-    let chunk = m.div_ceil(tasks).div_ceil(MR).max(1) * MR;
+    // Tasks: chunks of whole MR tiles, a few per thread for balance. When
+    // the packed `b` outgrows a core's L2, each thread takes a group of
+    // column panels instead of streaming all of `b` for every row chunk.
+    let groups = if k * panels * NR * 4 > L2_BYTES / 2 {
+        threads.min(panels).max(1)
+    } else {
+        1
+    };
+    let row_tasks = (threads * 4).div_ceil(groups).max(1);
+    let chunk = m.div_ceil(row_tasks).div_ceil(MR).max(1) * MR;
+    let row_chunks = m.div_ceil(chunk);
+    let per_group = panels.div_ceil(groups);
     let cptr = SendPtr(c.as_mut_ptr());
     let packed = &packed;
-    (0..m.div_ceil(chunk)).into_par_iter().for_each(|t| {
-        let rows = t * chunk..((t + 1) * chunk).min(m);
-        // SAFETY: row ranges of different tasks are disjoint, so are the C
-        // regions they write.
+    (0..row_chunks * groups).into_par_iter().for_each(|t| {
+        let (g, r) = (t / row_chunks, t % row_chunks);
+        let rows = r * chunk..((r + 1) * chunk).min(m);
+        let cols = (g * per_group).min(panels)..((g + 1) * per_group).min(panels);
+        // SAFETY: (row range, panel range) pairs of different tasks are
+        // disjoint, so are the C regions they write.
         let c_rows = unsafe { cptr.add(rows.start * ldc) };
         for &(p0, kc) in &kblocks {
             let bp = &packed[p0 * panels * NR..(p0 + kc) * panels * NR];
@@ -303,6 +331,7 @@ pub(crate) fn gemm_rows(
                 kc,
                 bp,
                 n,
+                cols.clone(),
                 c_rows,
                 ldc,
                 alpha,
@@ -343,7 +372,19 @@ pub(crate) fn gemm_depth(
                 let kc = KD.min(k1 - p0);
                 pack_b(b, p0, kc, n, &mut packed);
                 let cp = SendPtr(acc.as_mut_ptr());
-                block(a, 0..m, p0, kc, &packed, n, cp, n, alpha, p0 == k0);
+                block(
+                    a,
+                    0..m,
+                    p0,
+                    kc,
+                    &packed,
+                    n,
+                    0..panels,
+                    cp,
+                    n,
+                    alpha,
+                    p0 == k0,
+                );
                 p0 += kc;
             }
             acc
