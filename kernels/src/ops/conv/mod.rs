@@ -19,7 +19,7 @@ mod im2col;
 
 use std::cell::RefCell;
 
-use crate::ops::matmul::sgemm;
+use crate::ops::matmul::{sgemm, written_by_gemm};
 use crate::{window_2d, DType, Error, Padding, Result, Tensor};
 
 /// Attributes of a 2-D convolution (dilations are always 1).
@@ -183,21 +183,12 @@ pub fn conv2d(input: &Tensor, filter: &Tensor, p: &Conv2dParams) -> Result<Tenso
     )?;
     let x = f32s(OP, "input", input)?;
     let f = f32s(OP, "filter", filter)?;
-    let mut y = vec![0f32; g.n * g.oh * g.ow * g.o];
-    if g.is_plain_gemm() {
-        sgemm(
-            g.n * g.h * g.w,
-            g.o,
-            g.c,
-            x,
-            false,
-            f,
-            false,
-            &mut y,
-            1.0,
-            0.0,
-        );
-    } else {
+    let y = written_by_gemm(g.n * g.oh * g.ow * g.o, |y| {
+        if g.is_plain_gemm() {
+            sgemm(g.n * g.h * g.w, g.o, g.c, x, false, f, false, y, 1.0, 0.0);
+            return;
+        }
+        // One GEMM per tile of images, each writing its rows of `y`.
         let nb = g.tile_images();
         let rows_per_image = g.oh * g.ow;
         let taps = g.taps();
@@ -211,7 +202,7 @@ pub fn conv2d(input: &Tensor, filter: &Tensor, p: &Conv2dParams) -> Result<Tenso
                 sgemm(rows, g.o, taps, col, false, f, false, out, 1.0, 0.0);
             }
         });
-    }
+    });
     Tensor::new(g.out_shape().to_vec(), y)
 }
 
@@ -227,21 +218,14 @@ pub fn conv2d_backprop_input(
     check_out_backprop(OP, &g, out_backprop)?;
     let f = f32s(OP, "filter", filter)?;
     let dy = f32s(OP, "out_backprop", out_backprop)?;
-    let mut dx = vec![0f32; g.n * g.h * g.w * g.c];
-    if g.is_plain_gemm() {
-        sgemm(
-            g.n * g.h * g.w,
-            g.c,
-            g.o,
-            dy,
-            false,
-            f,
-            true,
-            &mut dx,
-            1.0,
-            0.0,
-        );
+    let len = g.n * g.h * g.w * g.c;
+    let dx = if g.is_plain_gemm() {
+        written_by_gemm(len, |dx| {
+            sgemm(g.n * g.h * g.w, g.c, g.o, dy, false, f, true, dx, 1.0, 0.0)
+        })
     } else {
+        // col2im adds into zeros (pixels no window covers stay zero).
+        let mut dx = vec![0f32; len];
         let nb = g.tile_images();
         let rows_per_image = g.oh * g.ow;
         let taps = g.taps();
@@ -256,7 +240,8 @@ pub fn conv2d_backprop_input(
                 im2col::col2im(&g, col, &mut dx[b0 * image..(b0 + nbt) * image]);
             }
         });
-    }
+        dx
+    };
     Tensor::new(input_sizes.to_vec(), dx)
 }
 
