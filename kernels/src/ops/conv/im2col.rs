@@ -77,10 +77,13 @@ pub(super) fn col2im(g: &Geom, col: &[f32], dx: &mut [f32]) {
             for dy in 0..g.kh {
                 // oy·sh + dy − pt = iy
                 let t = iy as isize + g.pt as isize - dy as isize;
-                if t < 0 || t as usize % g.sh != 0 || t as usize / g.sh >= g.oh {
+                if t < 0 {
                     continue;
                 }
                 let oy = t as usize / g.sh;
+                if oy * g.sh != t as usize || oy >= g.oh {
+                    continue;
+                }
                 let out_row = (b * g.oh + oy) * g.ow;
                 for ox in 0..g.ow {
                     let (ix0, lo, hi) = tap_run(g, ox);

@@ -29,6 +29,13 @@ const L2_BYTES: usize = 2 << 20;
 /// cache line per depth step) and the `b` panel then share L1.
 const KD: usize = 128;
 
+/// Largest packing buffer kept between calls (16 MiB).
+const MAX_KEPT: usize = 1 << 22;
+
+thread_local! {
+    static PACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Whether this CPU runs the kernel.
 pub(crate) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -120,7 +127,7 @@ fn block(
             for t in 0..tiles {
                 let mr = mc / tiles + usize::from(t < mc % tiles);
                 let a_off = i * a.rs + p0 * a.cs;
-                debug_assert!(a.data.len() >= a_off + (mr - 1) * a.rs + (kc - 1) * a.cs + 1);
+                debug_assert!(a.data.len() > a_off + (mr - 1) * a.rs + (kc - 1) * a.cs);
                 // SAFETY: `a_off` and the strides address rows i..i+mr,
                 // depth p0..p0+kc of `a`, inside `a.data` (checked by the
                 // caller's extent assert); `bp` holds kc·NR values; the C
@@ -281,10 +288,15 @@ pub(crate) fn gemm_rows(
 ) {
     let panels = n.div_ceil(NR);
     let kblocks: Vec<(usize, usize)> = (0..k).step_by(KC).map(|p0| (p0, KC.min(k - p0))).collect();
-    // All of b, packed: block kb starts at p0·panels·NR.
-    let mut packed = vec![0f32; k * panels * NR];
+    // All of b, packed: block kb starts at p0·panels·NR. The buffer is the
+    // calling thread's, kept between calls (up to 2 MiB are packed per
+    // pointwise layer; a fresh zeroed one would fault its pages in again).
+    let mut packed = PACKED.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    if packed.len() < k * panels * NR {
+        packed = vec![0f32; k * panels * NR];
+    }
     {
-        let mut rest = &mut packed[..];
+        let mut rest = &mut packed[..k * panels * NR];
         let mut parts = Vec::with_capacity(kblocks.len());
         for &(p0, kc) in &kblocks {
             let (head, tail) = rest.split_at_mut(kc * panels * NR);
@@ -313,7 +325,7 @@ pub(crate) fn gemm_rows(
     let row_chunks = m.div_ceil(chunk);
     let per_group = panels.div_ceil(groups);
     let cptr = SendPtr(c.as_mut_ptr());
-    let packed = &packed;
+    let packed_ref = &packed;
     (0..row_chunks * groups).into_par_iter().for_each(|t| {
         let (g, r) = (t / row_chunks, t % row_chunks);
         let rows = r * chunk..((r + 1) * chunk).min(m);
@@ -322,7 +334,7 @@ pub(crate) fn gemm_rows(
         // disjoint, so are the C regions they write.
         let c_rows = unsafe { cptr.add(rows.start * ldc) };
         for &(p0, kc) in &kblocks {
-            let bp = &packed[p0 * panels * NR..(p0 + kc) * panels * NR];
+            let bp = &packed_ref[p0 * panels * NR..(p0 + kc) * panels * NR];
             let overwrite = p0 == 0 && beta == 0.0;
             block(
                 a,
@@ -337,6 +349,12 @@ pub(crate) fn gemm_rows(
                 alpha,
                 overwrite,
             );
+        }
+    });
+    PACKED.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < packed.len() && packed.len() <= MAX_KEPT {
+            *p = packed;
         }
     });
 }
@@ -358,7 +376,9 @@ pub(crate) fn gemm_depth(
     threads: usize,
 ) {
     let panels = n.div_ceil(NR);
-    let parts = threads.clamp(1, k.div_ceil(KD));
+    // A few slabs per thread, so that a thread slowed down by a neighbour
+    // does not hold the whole product up (rayon balances the slabs).
+    let parts = (threads * 4).min(k.div_ceil(2 * KD)).max(1);
     let slab = k.div_ceil(parts).div_ceil(KD) * KD;
     let partials: Vec<Vec<f32>> = (0..parts)
         .into_par_iter()

@@ -37,8 +37,8 @@ pub fn bias_add(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     }
     let b = bias.f32s(OP)?;
     let mut out = x.f32s(OP)?.to_vec();
-    if c > 0 {
-        let rows_per_task = (ROWS_PER_TASK_MIN_ELEMS / c).max(1);
+    if let Some(rows) = ROWS_PER_TASK_MIN_ELEMS.checked_div(c) {
+        let rows_per_task = rows.max(1);
         out.par_chunks_mut(rows_per_task * c).for_each(|chunk| {
             for row in chunk.chunks_exact_mut(c) {
                 for (v, bb) in row.iter_mut().zip(b) {
