@@ -8,7 +8,13 @@ use rand::{Rng, SeedableRng};
 
 fn rand_t(rng: &mut StdRng, shape: &[usize]) -> Tensor {
     let n: usize = shape.iter().product();
-    Tensor::new(shape.to_vec(), (0..n).map(|_| rng.random_range(0.5f32..3.0)).collect::<Vec<_>>()).unwrap()
+    Tensor::new(
+        shape.to_vec(),
+        (0..n)
+            .map(|_| rng.random_range(0.5f32..3.0))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap()
 }
 
 /// Reference: index each operand through its broadcast coordinates.
@@ -29,7 +35,9 @@ fn ref_binary(f: impl Fn(f64, f64) -> f64, a: &Tensor, b: &Tensor, out: &[usize]
         }
         v[off]
     };
-    (0..n).map(|i| f(pick(&av, a.shape(), i), pick(&bv, b.shape(), i))).collect()
+    (0..n)
+        .map(|i| f(pick(&av, a.shape(), i), pick(&bv, b.shape(), i)))
+        .collect()
 }
 
 const PAIRS: &[(&[usize], &[usize])] = &[
@@ -66,14 +74,21 @@ fn binary_ops_broadcast_like_numpy() {
             assert_eq!(got.shape(), &out[..], "{op:?} {sa:?} {sb:?}");
             let want = ref_binary(f, &a, &b, &out);
             for (i, (g, w)) in got.to_f64_vec().iter().zip(&want).enumerate() {
-                assert!((g - w).abs() <= 1e-6 * (1.0 + w.abs()), "{op:?} {sa:?} {sb:?} [{i}]: {g} vs {w}");
+                assert!(
+                    (g - w).abs() <= 1e-6 * (1.0 + w.abs()),
+                    "{op:?} {sa:?} {sb:?} [{i}]: {g} vs {w}"
+                );
             }
             // f64 too.
             let (a64, b64) = (
                 Tensor::new(sa.to_vec(), a.to_f64_vec()).unwrap(),
                 Tensor::new(sb.to_vec(), b.to_f64_vec()).unwrap(),
             );
-            assert_eq!(binary(op, &a64, &b64).unwrap().to_f64_vec(), want, "{op:?} f64");
+            assert_eq!(
+                binary(op, &a64, &b64).unwrap().to_f64_vec(),
+                want,
+                "{op:?} f64"
+            );
         }
     }
 }
@@ -82,13 +97,36 @@ fn binary_ops_broadcast_like_numpy() {
 fn integer_ops_truncate_and_reject_zero_divisors() {
     let a = Tensor::new(vec![4], vec![7i32, -7, 9, -9]).unwrap();
     let b = Tensor::new(vec![4], vec![2i32, 2, -4, -4]).unwrap();
-    assert_eq!(binary(BinaryOp::Div, &a, &b).unwrap().values::<i32>("t").unwrap(), &[3, -3, -2, 2]);
+    assert_eq!(
+        binary(BinaryOp::Div, &a, &b)
+            .unwrap()
+            .values::<i32>("t")
+            .unwrap(),
+        &[3, -3, -2, 2]
+    );
     let a64 = Tensor::new(vec![2, 2], vec![1i64, 5, -3, 8]).unwrap();
     let s = Tensor::scalar(3i64);
-    assert_eq!(binary(BinaryOp::SquaredDifference, &a64, &s).unwrap().values::<i64>("t").unwrap(), &[4, 4, 36, 25]);
-    assert_eq!(binary(BinaryOp::Maximum, &a64, &s).unwrap().values::<i64>("t").unwrap(), &[3, 5, 3, 8]);
+    assert_eq!(
+        binary(BinaryOp::SquaredDifference, &a64, &s)
+            .unwrap()
+            .values::<i64>("t")
+            .unwrap(),
+        &[4, 4, 36, 25]
+    );
+    assert_eq!(
+        binary(BinaryOp::Maximum, &a64, &s)
+            .unwrap()
+            .values::<i64>("t")
+            .unwrap(),
+        &[3, 5, 3, 8]
+    );
     let z = Tensor::new(vec![2], vec![1i64, 0]).unwrap();
-    let err = binary(BinaryOp::Div, &Tensor::new(vec![2], vec![1i64, 1]).unwrap(), &z).unwrap_err();
+    let err = binary(
+        BinaryOp::Div,
+        &Tensor::new(vec![2], vec![1i64, 1]).unwrap(),
+        &z,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("division by zero"), "{err}");
 }
 
@@ -97,9 +135,15 @@ fn bad_operands_are_errors() {
     let a = Tensor::new(vec![2, 3], vec![0f32; 6]).unwrap();
     let b = Tensor::new(vec![4], vec![0f32; 4]).unwrap();
     let err = binary(BinaryOp::Add, &a, &b).unwrap_err();
-    assert!(matches!(err, Error::Shape { .. }) && err.to_string().contains("[2, 3]"), "{err}");
+    assert!(
+        matches!(err, Error::Shape { .. }) && err.to_string().contains("[2, 3]"),
+        "{err}"
+    );
     let i = Tensor::new(vec![2, 3], vec![0i32; 6]).unwrap();
-    assert!(matches!(binary(BinaryOp::Mul, &a, &i).unwrap_err(), Error::DType { .. }));
+    assert!(matches!(
+        binary(BinaryOp::Mul, &a, &i).unwrap_err(),
+        Error::DType { .. }
+    ));
     let u = Tensor::new(vec![1], vec![1u8]).unwrap();
     assert!(binary(BinaryOp::Mul, &u, &u).is_err());
     assert!(add_n(&[]).is_err());
@@ -144,9 +188,21 @@ fn unary_ops_match_f64() {
         }
     }
     let i = Tensor::new(vec![3], vec![-2i64, 0, 5]).unwrap();
-    assert_eq!(unary(UnaryOp::Neg, &i).unwrap().values::<i64>("t").unwrap(), &[2, 0, -5]);
-    assert_eq!(unary(UnaryOp::Abs, &i).unwrap().values::<i64>("t").unwrap(), &[2, 0, 5]);
-    assert_eq!(unary(UnaryOp::Square, &i).unwrap().values::<i64>("t").unwrap(), &[4, 0, 25]);
+    assert_eq!(
+        unary(UnaryOp::Neg, &i).unwrap().values::<i64>("t").unwrap(),
+        &[2, 0, -5]
+    );
+    assert_eq!(
+        unary(UnaryOp::Abs, &i).unwrap().values::<i64>("t").unwrap(),
+        &[2, 0, 5]
+    );
+    assert_eq!(
+        unary(UnaryOp::Square, &i)
+            .unwrap()
+            .values::<i64>("t")
+            .unwrap(),
+        &[4, 0, 25]
+    );
 }
 
 /// The gradient of `L = Σ w · (a ⊙ b)` w.r.t. each broadcast input is
@@ -155,7 +211,10 @@ fn unary_ops_match_f64() {
 fn reduce_to_shape_is_the_broadcast_gradient() {
     let mut rng = StdRng::seed_from_u64(4);
     // Small pairs only: the reference loss is O(n) per difference.
-    for &(sa, sb) in PAIRS.iter().filter(|(a, b)| a.iter().product::<usize>() < 100 && b.iter().product::<usize>() < 100) {
+    for &(sa, sb) in PAIRS
+        .iter()
+        .filter(|(a, b)| a.iter().product::<usize>() < 100 && b.iter().product::<usize>() < 100)
+    {
         let (a, b) = (rand_t(&mut rng, sa), rand_t(&mut rng, sb));
         let out = broadcast_shape("t", sa, sb).unwrap();
         let w = rand_t(&mut rng, &out);
@@ -166,7 +225,11 @@ fn reduce_to_shape_is_the_broadcast_gradient() {
         let loss = |av: &[f64]| -> f64 {
             let at = Tensor::new(sa.to_vec(), av.to_vec()).unwrap();
             let bt = Tensor::new(sb.to_vec(), b.to_f64_vec()).unwrap();
-            ref_binary(|x, y| x * y, &at, &bt, &out).iter().zip(w.to_f64_vec()).map(|(p, w)| p * w).sum()
+            ref_binary(|x, y| x * y, &at, &bt, &out)
+                .iter()
+                .zip(w.to_f64_vec())
+                .map(|(p, w)| p * w)
+                .sum()
         };
         let a64 = a.to_f64_vec();
         for (i, g) in ga.to_f64_vec().iter().enumerate() {
@@ -174,7 +237,10 @@ fn reduce_to_shape_is_the_broadcast_gradient() {
             p[i] += 1e-5;
             m[i] -= 1e-5;
             let fd = (loss(&p) - loss(&m)) / 2e-5;
-            assert!((fd - g).abs() < 1e-3 * (1.0 + fd.abs()), "{sa:?} {sb:?} [{i}]: {fd} vs {g}");
+            assert!(
+                (fd - g).abs() < 1e-3 * (1.0 + fd.abs()),
+                "{sa:?} {sb:?} [{i}]: {fd} vs {g}"
+            );
         }
     }
 }

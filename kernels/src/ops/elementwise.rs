@@ -45,8 +45,16 @@ pub fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Result<Vec
     let rank = a.len().max(b.len());
     let mut out = vec![0; rank];
     for i in 0..rank {
-        let da = if i + a.len() >= rank { a[i + a.len() - rank] } else { 1 };
-        let db = if i + b.len() >= rank { b[i + b.len() - rank] } else { 1 };
+        let da = if i + a.len() >= rank {
+            a[i + a.len() - rank]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= rank {
+            b[i + b.len() - rank]
+        } else {
+            1
+        };
         out[i] = if da == db || db == 1 {
             da
         } else if da == 1 {
@@ -157,7 +165,14 @@ fn par_fill<T: Element>(out: &mut [T], f: impl Fn(usize, &mut [T]) + Sync) {
     }
 }
 
-fn binary_typed<T: Arith>(op: BinaryOp, a: &[T], ash: &[usize], b: &[T], bsh: &[usize], out_shape: &[usize]) -> Vec<T> {
+fn binary_typed<T: Arith>(
+    op: BinaryOp,
+    a: &[T],
+    ash: &[usize],
+    b: &[T],
+    bsh: &[usize],
+    out_shape: &[usize],
+) -> Vec<T> {
     let n = num_elements(out_shape);
     let mut out = vec![T::default(); n];
     let f = |x: T, y: T| T::apply(op, x, y);
@@ -286,7 +301,11 @@ pub fn add_n(inputs: &[&Tensor]) -> Result<Tensor> {
         if t.shape() != first.shape() {
             return Err(Error::shape(
                 op,
-                format!("input {i} has shape {:?} but input 0 has {:?}", t.shape(), first.shape()),
+                format!(
+                    "input {i} has shape {:?} but input 0 has {:?}",
+                    t.shape(),
+                    first.shape()
+                ),
             ));
         }
         if t.dtype() != first.dtype() {

@@ -39,7 +39,10 @@ fn plan(shape: &[usize], axes: &[usize]) -> Plan {
     let kept_shape: Vec<usize> = (0..rank)
         .map(|i| if reduced[i] { 1 } else { shape[i] })
         .collect();
-    let shape_out: Vec<usize> = (0..rank).filter(|&i| !reduced[i]).map(|i| shape[i]).collect();
+    let shape_out: Vec<usize> = (0..rank)
+        .filter(|&i| !reduced[i])
+        .map(|i| shape[i])
+        .collect();
     let mut out_strides = vec![0; rank];
     let mut s = 1;
     for i in (0..rank).rev() {
@@ -91,11 +94,21 @@ fn walk<T: Copy>(v: &[T], shape: &[usize], out_strides: &[usize], mut f: impl Fn
 }
 
 fn finish(p: &Plan, keep_dims: bool, data: Data) -> Result<Tensor> {
-    let shape = if keep_dims { p.kept_shape.clone() } else { p.shape.clone() };
+    let shape = if keep_dims {
+        p.kept_shape.clone()
+    } else {
+        p.shape.clone()
+    };
     Tensor::from_data(shape, data)
 }
 
-fn reduce_sum(op: &'static str, x: &Tensor, axes: &[i64], keep_dims: bool, mean: bool) -> Result<Tensor> {
+fn reduce_sum(
+    op: &'static str,
+    x: &Tensor,
+    axes: &[i64],
+    keep_dims: bool,
+    mean: bool,
+) -> Result<Tensor> {
     let axes = normalize_axes(op, x.rank(), axes)?;
     let p = plan(x.shape(), &axes);
     let n_out = crate::num_elements(&p.shape);
@@ -104,7 +117,12 @@ fn reduce_sum(op: &'static str, x: &Tensor, axes: &[i64], keep_dims: bool, mean:
             let mut acc = vec![0f64; n_out];
             walk(v, x.shape(), &p.out_strides, |o, x| acc[o] += x as f64);
             let div = if mean { p.count as f64 } else { 1.0 };
-            Data::F32(acc.into_iter().map(|s| (s / div) as f32).collect::<Vec<_>>().into())
+            Data::F32(
+                acc.into_iter()
+                    .map(|s| (s / div) as f32)
+                    .collect::<Vec<_>>()
+                    .into(),
+            )
         }
         Data::F64(v) => {
             let mut acc = vec![0f64; n_out];
@@ -114,7 +132,9 @@ fn reduce_sum(op: &'static str, x: &Tensor, axes: &[i64], keep_dims: bool, mean:
         }
         Data::I32(v) => {
             let mut acc = vec![0i32; n_out];
-            walk(v, x.shape(), &p.out_strides, |o, x| acc[o] = acc[o].wrapping_add(x));
+            walk(v, x.shape(), &p.out_strides, |o, x| {
+                acc[o] = acc[o].wrapping_add(x)
+            });
             if mean {
                 let n = p.count.max(1) as i32;
                 acc.iter_mut().for_each(|s| *s = s.wrapping_div(n));
@@ -123,7 +143,9 @@ fn reduce_sum(op: &'static str, x: &Tensor, axes: &[i64], keep_dims: bool, mean:
         }
         Data::I64(v) => {
             let mut acc = vec![0i64; n_out];
-            walk(v, x.shape(), &p.out_strides, |o, x| acc[o] = acc[o].wrapping_add(x));
+            walk(v, x.shape(), &p.out_strides, |o, x| {
+                acc[o] = acc[o].wrapping_add(x)
+            });
             if mean {
                 let n = p.count.max(1) as i64;
                 acc.iter_mut().for_each(|s| *s = s.wrapping_div(n));
