@@ -1,5 +1,6 @@
 //! Relu, Relu6 and their gradients against f64 references and finite
 //! differences.
+#![allow(clippy::needless_range_loop)]
 
 use psflow_kernels::ops::activation::{relu, relu6, relu6_grad, relu_grad};
 use psflow_kernels::{Error, Tensor};

@@ -54,6 +54,7 @@ fn ref_stats(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
 }
 
 /// f64 reference forward given the statistics to normalise with.
+#[allow(clippy::too_many_arguments)]
 fn ref_normalize(
     x: &[f64],
     c: usize,

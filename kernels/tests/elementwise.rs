@@ -1,5 +1,6 @@
 //! Broadcasting binary ops, AddN, unary ops and reduce_to_shape against
 //! plain f64 references, gradients by finite differences.
+#![allow(clippy::type_complexity, clippy::needless_range_loop)]
 
 use psflow_kernels::ops::elementwise::{add_n, binary, broadcast_shape, reduce_to_shape, unary};
 use psflow_kernels::{BinaryOp, Error, Tensor, UnaryOp};

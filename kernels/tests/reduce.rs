@@ -1,5 +1,6 @@
 //! Sum, Mean, Max and ArgMax against f64 references over every axis set,
 //! negative axes and keep_dims.
+#![allow(clippy::type_complexity)]
 
 use psflow_kernels::ops::reduce::{arg_max, max, mean, sum};
 use psflow_kernels::{Error, Tensor};

@@ -188,7 +188,7 @@ pub fn softmax_cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<(Tensor
     let y = labels.to_f64_vec();
     let mut loss = vec![0f64; batch];
     let mut back = vec![0f64; x.len()];
-    for r in 0..batch {
+    for (r, loss_r) in loss.iter_mut().enumerate() {
         let span = r * classes..(r + 1) * classes;
         let (row, lab) = (&x[span.clone()], &y[span.clone()]);
         let (m, lse) = row_lse(row);
@@ -198,7 +198,7 @@ pub fn softmax_cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<(Tensor
             l -= lab[k] * logp;
             back[span.start + k] = logp.exp() - lab[k];
         }
-        loss[r] = l;
+        *loss_r = l;
     }
     Ok((
         from_f64(dtype, vec![batch], loss)?,

@@ -194,7 +194,7 @@ fn rows_by_channels<'a>(op: &'static str, x: &'a Tensor) -> Result<(&'a [f32], u
             ))
         }
     };
-    let rows = if c == 0 { 0 } else { v.len() / c };
+    let rows = v.len().checked_div(c).unwrap_or(0);
     Ok((v, rows, c))
 }
 

@@ -51,7 +51,7 @@ impl PartialOrd for Level {
 ///
 /// `stats`: `s[j] += x − shift[j]`, `q[j] += (x − shift[j])²`.
 pub fn stats(level: Level, x: &[f32], c: usize, shift: &[f32], s: &mut [f32], q: &mut [f32]) {
-    assert!(shift.len() == c && s.len() == c && q.len() == c && x.len() % c == 0);
+    assert!(shift.len() == c && s.len() == c && q.len() == c && x.len().is_multiple_of(c));
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the level is only ever at most what `detect` found, and the
@@ -77,7 +77,7 @@ pub fn normalize(
     relu6: bool,
 ) {
     assert!(m.len() == c && a.len() == c && b.len() == c);
-    assert!(x.len() % c == 0 && y.len() == x.len());
+    assert!(x.len().is_multiple_of(c) && y.len() == x.len());
     match (level, relu6) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: level checked by `detect`, lengths above.
@@ -110,7 +110,7 @@ pub fn grad_stats(
     p: &mut [f32],
 ) {
     assert!(m.len() == c && s.len() == c && p.len() == c);
-    assert!(x.len() % c == 0 && dy.len() == x.len());
+    assert!(x.len().is_multiple_of(c) && dy.len() == x.len());
     assert!(y.is_none_or(|y| y.len() == x.len()));
     let yv = y.unwrap_or(&[]);
     match (level, y.is_some()) {
@@ -151,7 +151,7 @@ pub fn grad_apply(
     dx: &mut [MaybeUninit<f32>],
 ) {
     assert!(k.m.len() == c && k.k1.len() == c && k.k2.len() == c && k.k3.len() == c);
-    assert!(x.len() % c == 0 && dy.len() == x.len() && dx.len() == x.len());
+    assert!(x.len().is_multiple_of(c) && dy.len() == x.len() && dx.len() == x.len());
     assert!(y.is_none_or(|y| y.len() == x.len()));
     let yv = y.unwrap_or(&[]);
     match (level, y.is_some()) {
