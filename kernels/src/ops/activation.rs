@@ -1,22 +1,149 @@
 //! Relu, Relu6 and their gradients (TensorFlow: the gradient passes where
 //! `0 < features` for Relu and `0 < features < 6` for Relu6).
+//!
+//! The loops are plain element-wise maps that LLVM vectorises; large tensors
+//! are split over the rayon pool.
 
-use crate::{Result, Tensor};
+use rayon::prelude::*;
+
+use crate::{Element, Error, Result, Tensor};
+
+/// Elements per parallel task of an element-wise map.
+const PAR_CHUNK: usize = 32 * 1024;
+
+trait Float: Element + PartialOrd {
+    const ZERO: Self;
+    const SIX: Self;
+}
+
+impl Float for f32 {
+    const ZERO: f32 = 0.0;
+    const SIX: f32 = 6.0;
+}
+
+impl Float for f64 {
+    const ZERO: f64 = 0.0;
+    const SIX: f64 = 6.0;
+}
+
+fn map1<T: Element>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
+    let mut out = vec![T::default(); x.len()];
+    out.par_chunks_mut(PAR_CHUNK)
+        .zip(x.par_chunks(PAR_CHUNK))
+        .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &i)| *o = f(i)));
+    out
+}
+
+fn map2<T: Element>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+    let mut out = vec![T::default(); a.len()];
+    out.par_chunks_mut(PAR_CHUNK)
+        .zip(a.par_chunks(PAR_CHUNK).zip(b.par_chunks(PAR_CHUNK)))
+        .for_each(|(o, (a, b))| {
+            o.iter_mut()
+                .zip(a.iter().zip(b))
+                .for_each(|(o, (&a, &b))| *o = f(a, b))
+        });
+    out
+}
+
+fn unary_float(
+    op: &'static str,
+    x: &Tensor,
+    f32_fn: impl Fn(f32) -> f32 + Sync,
+    f64_fn: impl Fn(f64) -> f64 + Sync,
+) -> Result<Tensor> {
+    match x.dtype() {
+        crate::DType::F32 => Tensor::new(x.shape().to_vec(), map1(x.f32s(op)?, f32_fn)),
+        crate::DType::F64 => Tensor::new(x.shape().to_vec(), map1(x.values::<f64>(op)?, f64_fn)),
+        _ => Err(Error::DType {
+            op,
+            what: "features",
+            expected: crate::DType::F32,
+            got: x.dtype(),
+        }),
+    }
+}
+
+fn relu_of<T: Float>(v: T) -> T {
+    if v > T::ZERO {
+        v
+    } else {
+        T::ZERO
+    }
+}
+
+fn relu6_of<T: Float>(v: T) -> T {
+    let v = relu_of(v);
+    if v < T::SIX {
+        v
+    } else {
+        T::SIX
+    }
+}
 
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    todo!("{:?}", x.shape())
+    unary_float("Relu", x, relu_of::<f32>, relu_of::<f64>)
 }
 
 pub fn relu6(x: &Tensor) -> Result<Tensor> {
-    todo!("{:?}", x.shape())
+    unary_float("Relu6", x, relu6_of::<f32>, relu6_of::<f64>)
+}
+
+fn grad_float(op: &'static str, g: &Tensor, x: &Tensor, pass: fn(f64) -> bool) -> Result<Tensor> {
+    if g.shape() != x.shape() {
+        return Err(Error::shape(
+            op,
+            format!(
+                "gradients have shape {:?} but features have shape {:?}",
+                g.shape(),
+                x.shape()
+            ),
+        ));
+    }
+    if g.dtype() != x.dtype() {
+        return Err(Error::DType {
+            op,
+            what: "features (must match gradients)",
+            expected: g.dtype(),
+            got: x.dtype(),
+        });
+    }
+    match g.dtype() {
+        crate::DType::F32 => Tensor::new(
+            g.shape().to_vec(),
+            map2(g.f32s(op)?, x.f32s(op)?, |g, x| {
+                if pass(x as f64) {
+                    g
+                } else {
+                    0.0
+                }
+            }),
+        ),
+        crate::DType::F64 => Tensor::new(
+            g.shape().to_vec(),
+            map2(g.values::<f64>(op)?, x.values::<f64>(op)?, |g, x| {
+                if pass(x) {
+                    g
+                } else {
+                    0.0
+                }
+            }),
+        ),
+        other => Err(Error::DType {
+            op,
+            what: "gradients",
+            expected: crate::DType::F32,
+            got: other,
+        }),
+    }
 }
 
 /// `ReluGrad(gradients, features)`.
 pub fn relu_grad(gradients: &Tensor, features: &Tensor) -> Result<Tensor> {
-    todo!("{:?} {:?}", gradients.shape(), features.shape())
+    grad_float("ReluGrad", gradients, features, |x| x > 0.0)
 }
 
 /// `Relu6Grad(gradients, features)`.
 pub fn relu6_grad(gradients: &Tensor, features: &Tensor) -> Result<Tensor> {
-    todo!("{:?} {:?}", gradients.shape(), features.shape())
+    grad_float("Relu6Grad", gradients, features, |x| x > 0.0 && x < 6.0)
 }
