@@ -235,7 +235,7 @@ fn training_forward_matches_f64_at_every_level() {
                     1e-5,
                     1e-5,
                 );
-                assert_eq!(out.reserve_space_3.shape(), &[0]);
+                assert_eq!(out.reserve_space_3.shape(), &[] as &[usize]);
             }
         }
     }

@@ -22,7 +22,7 @@ pub struct BatchNormParams {
 /// them: `y`; `batch_mean`/`batch_variance` (in training the running
 /// averages updated with the batch's mean and Bessel-corrected variance, in
 /// inference the given mean/variance); `reserve_space_1`/`_2`, the batch mean
-/// and biased variance that the gradient needs; `reserve_space_3` empty.
+/// and biased variance that the gradient needs; `reserve_space_3` a scalar 0 (as TensorFlow's CPU kernel).
 #[derive(Debug, Clone)]
 pub struct BatchNormOutput {
     pub y: Tensor,
@@ -314,7 +314,7 @@ fn forward(
         batch_variance: vec_tensor(batch_variance),
         reserve_space_1: vec_tensor(m),
         reserve_space_2: vec_tensor(var),
-        reserve_space_3: Tensor::new(vec![0], Vec::<f32>::new())?,
+        reserve_space_3: Tensor::scalar(0f32),
     })
 }
 
