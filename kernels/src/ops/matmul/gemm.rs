@@ -1,8 +1,13 @@
-//! Single-precision GEMM over strided matrices, on top of the `gemm` crate
-//! (its packing and AVX2/AVX-512 micro-kernels are chosen at run time), with
-//! a split over the depth for the tall-skinny products that a filter
-//! gradient is: `dW[k×n] = Xᵀ·dY` has a tiny output and a huge depth, which
-//! a GEMM that only splits the output cannot spread over the cores.
+//! Single-precision GEMM over strided matrices: the dispatch between our
+//! AVX-512 kernel (`avx512.rs`, chosen at run time where the CPU has
+//! AVX-512F) and the `gemm` crate (AVX2/FMA or scalar, chosen by it at run
+//! time) elsewhere. On the crate path a deep product with a small output (a
+//! filter gradient: `dW[k×n] = Xᵀ·dY`) splits its depth over the threads,
+//! since the crate only splits the output.
+//!
+//! Measured on the 2-core Sapphire Rapids at batch 128, pointwise shapes: the
+//! crate reached ~100-130 GFLOP/s (it packs the big activation operand on
+//! every call), the AVX-512 kernel 150-230.
 
 use gemm::Parallelism;
 
