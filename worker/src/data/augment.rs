@@ -236,6 +236,7 @@ impl Augmenter {
         if cfg.flip && rng.coin() {
             flip_left_right(&mut self.geo, h, w, c);
         }
+        // As tf.image.convert_image_dtype: times 1/255, not divided by 255.
         for (f, &b) in self.full.iter_mut().zip(&self.geo) {
             *f = b as f32 * (1.0 / 255.0);
         }
