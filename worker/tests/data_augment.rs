@@ -153,7 +153,7 @@ fn resize_2x2_to_4x4_half_pixel_centres() {
         1.5, 1.75, 2.25, 2.5,
         2.0, 2.25, 2.75, 3.0,
     ];
-    close(&out, &want.map(|v| v as f64), 1e-7);
+    close(&out, &want, 1e-7);
 }
 
 #[test]

@@ -169,6 +169,8 @@ pub struct Augmenter {
     oh: usize,
     ow: usize,
     oc: usize,
+    ys: ResizeAxis,
+    xs: ResizeAxis,
     geo: Vec<u8>,
     full: Vec<f32>,
     small: Vec<f32>,
@@ -191,6 +193,8 @@ impl Augmenter {
             oh,
             ow,
             oc,
+            ys: ResizeAxis::new(h, oh),
+            xs: ResizeAxis::new(w, ow),
             geo: vec![0; h * w * c],
             full: vec![0.0; h * w * c],
             small: vec![0.0; oh * ow * c],
@@ -244,7 +248,7 @@ impl Augmenter {
         // Resolution.
         let (oh, ow) = (self.oh, self.ow);
         let img: &mut [f32] = if (oh, ow) != (h, w) {
-            resize_bilinear(&self.full, h, w, c, &mut self.small, oh, ow);
+            resize_with(&self.full, w, c, &self.ys, &self.xs, &mut self.small);
             &mut self.small
         } else {
             &mut self.full
@@ -374,9 +378,34 @@ pub fn per_image_standardization(img: &mut [f32]) {
     }
 }
 
+/// Interpolation weights along one axis: for each output coordinate the
+/// lower and upper input index and the fraction of the upper one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResizeAxis {
+    taps: Vec<(usize, usize, f32)>,
+}
+
+impl ResizeAxis {
+    /// TF2 `tf.image.resize` bilinear (half-pixel centres): output `i`
+    /// samples the input at `(i + 0.5) * in/out - 0.5`, computed in f32 as
+    /// TF does, neighbours clamped to the edge.
+    pub fn new(in_size: usize, out_size: usize) -> ResizeAxis {
+        let scale = in_size as f32 / out_size as f32;
+        let taps = (0..out_size)
+            .map(|i| {
+                let x = (i as f32 + 0.5) * scale - 0.5;
+                let xf = x.floor();
+                let lower = (xf as i64).max(0) as usize;
+                let upper = (x.ceil() as i64).min(in_size as i64 - 1).max(0) as usize;
+                (lower, upper, x - xf)
+            })
+            .collect();
+        ResizeAxis { taps }
+    }
+}
+
 /// Bilinear resize of an HWC image, as TF2's `tf.image.resize` (and TF1's
-/// with `half_pixel_centers=True`): output pixel `i` samples the input at
-/// `(i + 0.5) * in/out - 0.5`, neighbours clamped to the edge.
+/// with `half_pixel_centers=True`); see [`ResizeAxis`].
 pub fn resize_bilinear(
     src: &[f32],
     h: usize,
@@ -386,30 +415,38 @@ pub fn resize_bilinear(
     oh: usize,
     ow: usize,
 ) {
-    assert_eq!(src.len(), h * w * c, "resize_bilinear: input size");
-    assert_eq!(out.len(), oh * ow * c, "resize_bilinear: output size");
-    // (lower, upper, lerp) per output coordinate, computed in f32 as TF does.
-    let weights = |in_size: usize, out_size: usize, i: usize| {
-        let scale = in_size as f32 / out_size as f32;
-        let x = (i as f32 + 0.5) * scale - 0.5;
-        let xf = x.floor();
-        let lower = (xf as i64).max(0) as usize;
-        let upper = (x.ceil() as i64).min(in_size as i64 - 1).max(0) as usize;
-        (lower, upper, x - xf)
-    };
-    for y in 0..oh {
-        let (y0, y1, ly) = weights(h, oh, y);
-        for x in 0..ow {
-            let (x0, x1, lx) = weights(w, ow, x);
-            let o = (y * ow + x) * c;
-            for k in 0..c {
-                let tl = src[(y0 * w + x0) * c + k];
-                let tr = src[(y0 * w + x1) * c + k];
-                let bl = src[(y1 * w + x0) * c + k];
-                let br = src[(y1 * w + x1) * c + k];
+    resize_with(
+        src,
+        w,
+        c,
+        &ResizeAxis::new(h, oh),
+        &ResizeAxis::new(w, ow),
+        out,
+    );
+}
+
+fn resize_with(src: &[f32], w: usize, c: usize, ys: &ResizeAxis, xs: &ResizeAxis, out: &mut [f32]) {
+    let ow = xs.taps.len();
+    assert_eq!(
+        out.len(),
+        ys.taps.len() * ow * c,
+        "resize_bilinear: output size"
+    );
+    assert!(
+        ys.taps.iter().all(|t| (t.1 + 1) * w * c <= src.len()),
+        "resize_bilinear: input size"
+    );
+    for (y, &(y0, y1, ly)) in ys.taps.iter().enumerate() {
+        let top_row = &src[y0 * w * c..(y0 + 1) * w * c];
+        let bottom_row = &src[y1 * w * c..(y1 + 1) * w * c];
+        let out_row = &mut out[y * ow * c..(y + 1) * ow * c];
+        for (o, &(x0, x1, lx)) in out_row.chunks_exact_mut(c).zip(&xs.taps) {
+            for (k, v) in o.iter_mut().enumerate() {
+                let (tl, tr) = (top_row[x0 * c + k], top_row[x1 * c + k]);
+                let (bl, br) = (bottom_row[x0 * c + k], bottom_row[x1 * c + k]);
                 let top = tl + (tr - tl) * lx;
                 let bottom = bl + (br - bl) * lx;
-                out[o + k] = top + (bottom - top) * ly;
+                *v = top + (bottom - top) * ly;
             }
         }
     }

@@ -161,7 +161,7 @@ pub fn read_file(path: &Path, label_bytes: usize, which: usize, out: &mut Datase
 /// CIFAR-100), each as long as there are images.
 pub fn encode_records(images: &[u8], labels: &[&[i32]]) -> Result<Vec<u8>> {
     let n = images.len() / IMAGE_BYTES;
-    if images.len() % IMAGE_BYTES != 0 || labels.iter().any(|l| l.len() != n) {
+    if images.len() != n * IMAGE_BYTES || labels.iter().any(|l| l.len() != n) {
         return Err(DataError::config(format!(
             "CIFAR records: {} image bytes is not a whole number of 32x32x3 images matching \
              label counts {:?}",
