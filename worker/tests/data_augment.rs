@@ -212,7 +212,7 @@ fn random_crop_stays_within_the_padding_and_reaches_its_edges() {
     let mut seen = std::collections::HashSet::new();
     let mut out = vec![0.0; h * w * c];
     for s in 0..400 {
-        aug.apply(&img, &mut Rng::new(s), &mut out);
+        aug.apply(&img, &mut Rng::new(s), &mut out).unwrap();
         let found: Vec<(isize, isize)> = (-2..=2)
             .flat_map(|dy| (-2..=2).map(move |dx| (dy, dx)))
             .filter(|&(dy, dx)| shift(&img, h, w, c, dy, dx) == out)
@@ -246,7 +246,7 @@ fn random_flip_happens_about_half_the_time() {
     let mut out = vec![0.0; h * w * c];
     let mut n = 0;
     for s in 0..1000 {
-        aug.apply(&img, &mut Rng::new(s), &mut out);
+        aug.apply(&img, &mut Rng::new(s), &mut out).unwrap();
         if out == flipped {
             n += 1;
         } else {
@@ -271,7 +271,7 @@ fn random_brightness_and_contrast_within_bounds() {
     let mut out = vec![0.0; h * w * c];
     let (mut lo, mut hi) = (f32::MAX, f32::MIN);
     for s in 0..500 {
-        aug.apply(&img, &mut Rng::new(s), &mut out);
+        aug.apply(&img, &mut Rng::new(s), &mut out).unwrap();
         let delta = out[0] - base[0];
         assert!(out
             .iter()
@@ -290,7 +290,7 @@ fn random_brightness_and_contrast_within_bounds() {
     };
     let mut aug = Augmenter::new(&cfg, h, w, c).unwrap();
     for s in 0..200 {
-        aug.apply(&img, &mut Rng::new(s), &mut out);
+        aug.apply(&img, &mut Rng::new(s), &mut out).unwrap();
         // Recover the factor from channel 0 and check it against the formula.
         let mean0 = (0..h * w).map(|p| base[p * c]).sum::<f32>() / (h * w) as f32;
         let f = (out[0] - mean0) / (base[0] - mean0);
@@ -316,7 +316,7 @@ fn clip_saturates_after_colour_ops() {
     let mut aug = Augmenter::new(&cfg, 4, 4, 3).unwrap();
     let mut out = vec![0.0; 48];
     for s in 0..50 {
-        aug.apply(&img, &mut Rng::new(s), &mut out);
+        aug.apply(&img, &mut Rng::new(s), &mut out).unwrap();
         assert!(out.iter().all(|&v| (0.0..=1.0).contains(&v)));
     }
 }
@@ -330,10 +330,13 @@ fn full_recipe_output_is_standardized_and_deterministic() {
     assert_eq!(aug.output_shape(), (24, 24, 3));
     let mut a = vec![0.0; aug.output_len()];
     let mut b = a.clone();
-    aug.apply(&img, &mut Rng::keyed(5, &[1, 2]), &mut a);
-    aug.apply(&img, &mut Rng::keyed(5, &[1, 2]), &mut b);
+    aug.apply(&img, &mut Rng::keyed(5, &[1, 2]), &mut a)
+        .unwrap();
+    aug.apply(&img, &mut Rng::keyed(5, &[1, 2]), &mut b)
+        .unwrap();
     assert_eq!(a, b);
-    aug.apply(&img, &mut Rng::keyed(5, &[1, 3]), &mut b);
+    aug.apply(&img, &mut Rng::keyed(5, &[1, 3]), &mut b)
+        .unwrap();
     assert_ne!(a, b);
     let n = a.len() as f64;
     let mean = a.iter().map(|&v| v as f64).sum::<f64>() / n;
@@ -354,7 +357,7 @@ fn eval_preprocessing_resizes_and_standardizes_without_randomness() {
     assert_eq!(eval.resize, Some((16, 16)));
     let mut aug = Augmenter::new(&eval, h, w, c).unwrap();
     let mut out = vec![0.0; aug.output_len()];
-    aug.apply(&img, &mut Rng::new(1), &mut out);
+    aug.apply(&img, &mut Rng::new(1), &mut out).unwrap();
     // Reference: scale, resize, standardize.
     let f: Vec<f32> = img.iter().map(|&b| b as f32 * (1.0 / 255.0)).collect();
     let mut small = vec![0.0; 16 * 16 * 3];
@@ -371,7 +374,7 @@ fn grayscale_to_rgb_replicates() {
     let mut aug = Augmenter::new(&cfg, 28, 28, 1).unwrap();
     assert_eq!(aug.output_shape(), (32, 32, 3));
     let mut out = vec![0.0; aug.output_len()];
-    aug.apply(&img, &mut Rng::new(0), &mut out);
+    aug.apply(&img, &mut Rng::new(0), &mut out).unwrap();
     for px in out.chunks_exact(3) {
         assert!(px[0] == px[1] && px[1] == px[2]);
     }
@@ -384,7 +387,7 @@ fn grayscale_to_rgb_replicates() {
     )
     .unwrap();
     let mut one = vec![0.0; 32 * 32];
-    gray.apply(&img, &mut Rng::new(0), &mut one);
+    gray.apply(&img, &mut Rng::new(0), &mut one).unwrap();
     for (px, g) in out.chunks_exact(3).zip(&one) {
         assert!((px[0] - g).abs() < 1e-5);
     }
@@ -414,4 +417,12 @@ fn bad_configs_are_errors() {
         assert!(Augmenter::new(&cfg, 32, 32, 3).is_err(), "{cfg:?}");
     }
     assert!(Augmenter::new(&AugmentConfig::eval(), 0, 32, 3).is_err());
+    let mut aug = Augmenter::new(&AugmentConfig::eval(), 4, 4, 3).unwrap();
+    let err = aug
+        .apply(&[0; 47], &mut Rng::new(0), &mut [0.0; 48])
+        .unwrap_err();
+    assert!(err.to_string().contains("4x4x3"), "{err}");
+    assert!(aug
+        .apply(&[0; 48], &mut Rng::new(0), &mut [0.0; 47])
+        .is_err());
 }

@@ -218,14 +218,18 @@ impl Augmenter {
     /// Preprocesses one HWC `u8` image into `out` (`output_len()` floats),
     /// drawing the random choices from `rng` in a fixed order: crop offsets
     /// (y, then x), flip, brightness delta, contrast factor.
-    pub fn apply(&mut self, image: &[u8], rng: &mut Rng, out: &mut [f32]) {
+    pub fn apply(&mut self, image: &[u8], rng: &mut Rng, out: &mut [f32]) -> Result<()> {
         let (h, w, c) = (self.h, self.w, self.c);
-        assert_eq!(image.len(), h * w * c, "Augmenter::apply: input size");
-        assert_eq!(
-            out.len(),
-            self.output_len(),
-            "Augmenter::apply: output size"
-        );
+        if image.len() != h * w * c || out.len() != self.output_len() {
+            return Err(DataError::config(format!(
+                "augment: built for {h}x{w}x{c} images ({} bytes) into {} floats, got {} bytes \
+                 into {} floats",
+                h * w * c,
+                self.output_len(),
+                image.len(),
+                out.len()
+            )));
+        }
         let cfg = &self.config;
 
         // Geometry on the bytes.
@@ -280,8 +284,13 @@ impl Augmenter {
         } else {
             out.copy_from_slice(img);
         }
+        Ok(())
     }
 }
+
+// The slice-level ops below panic on inconsistent sizes, like slice
+// indexing: they are the building blocks `Augmenter` calls with sizes it
+// checked.
 
 /// Crops an `h x w` window at offset `(oy, ox)` (each in `0..=2*pad`) out of
 /// the image zero-padded by `pad` on every side (TF:

@@ -292,7 +292,7 @@ fn assemble(
     let mut labels = Vec::with_capacity(indices.len());
     for (out, &i) in images.chunks_exact_mut(per).zip(&indices) {
         let mut rng = Rng::keyed(config.seed, &[KEY_AUGMENT, epoch, i as u64]);
-        augmenter.apply(dataset.image(i), &mut rng, out);
+        augmenter.apply(dataset.image(i), &mut rng, out)?;
         labels.push(dataset.labels[i]);
     }
     Ok(Batch {
