@@ -26,23 +26,38 @@ impl Float for f64 {
     const SIX: f64 = 6.0;
 }
 
+/// Maps `x` element-wise into a new buffer, in parallel chunks. The buffer
+/// is written without being zeroed first (a memset or fresh zero pages would
+/// cost as much as the map itself).
 fn map1<T: Element>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
-    let mut out = vec![T::default(); x.len()];
-    out.par_chunks_mut(PAR_CHUNK)
+    let n = x.len();
+    let mut out: Vec<T> = Vec::with_capacity(n);
+    out.spare_capacity_mut()[..n]
+        .par_chunks_mut(PAR_CHUNK)
         .zip(x.par_chunks(PAR_CHUNK))
-        .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &i)| *o = f(i)));
+        .for_each(|(o, i)| {
+            o.iter_mut().zip(i).for_each(|(o, &i)| {
+                o.write(f(i));
+            })
+        });
+    // SAFETY: the chunks cover `[0, n)` and every element was written.
+    unsafe { out.set_len(n) };
     out
 }
 
 fn map2<T: Element>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
-    let mut out = vec![T::default(); a.len()];
-    out.par_chunks_mut(PAR_CHUNK)
+    let n = a.len().min(b.len());
+    let mut out: Vec<T> = Vec::with_capacity(n);
+    out.spare_capacity_mut()[..n]
+        .par_chunks_mut(PAR_CHUNK)
         .zip(a.par_chunks(PAR_CHUNK).zip(b.par_chunks(PAR_CHUNK)))
         .for_each(|(o, (a, b))| {
-            o.iter_mut()
-                .zip(a.iter().zip(b))
-                .for_each(|(o, (&a, &b))| *o = f(a, b))
+            o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&a, &b))| {
+                o.write(f(a, b));
+            })
         });
+    // SAFETY: the chunks cover `[0, n)` and every element was written.
+    unsafe { out.set_len(n) };
     out
 }
 
@@ -111,7 +126,7 @@ fn grad_float(op: &'static str, g: &Tensor, x: &Tensor, pass: fn(f64) -> bool) -
     match g.dtype() {
         crate::DType::F32 => Tensor::new(
             g.shape().to_vec(),
-            map2(g.f32s(op)?, x.f32s(op)?, |g, x| {
+            map2(g.f32s(op)?, x.f32s(op)?, move |g, x| {
                 if pass(x as f64) {
                     g
                 } else {
@@ -121,7 +136,7 @@ fn grad_float(op: &'static str, g: &Tensor, x: &Tensor, pass: fn(f64) -> bool) -
         ),
         crate::DType::F64 => Tensor::new(
             g.shape().to_vec(),
-            map2(g.values::<f64>(op)?, x.values::<f64>(op)?, |g, x| {
+            map2(g.values::<f64>(op)?, x.values::<f64>(op)?, move |g, x| {
                 if pass(x) {
                     g
                 } else {
@@ -145,5 +160,6 @@ pub fn relu_grad(gradients: &Tensor, features: &Tensor) -> Result<Tensor> {
 
 /// `Relu6Grad(gradients, features)`.
 pub fn relu6_grad(gradients: &Tensor, features: &Tensor) -> Result<Tensor> {
-    grad_float("Relu6Grad", gradients, features, |x| x > 0.0 && x < 6.0)
+    // `&` rather than `&&`: no branch, so the loop vectorises.
+    grad_float("Relu6Grad", gradients, features, |x| (x > 0.0) & (x < 6.0))
 }
