@@ -104,7 +104,13 @@ pub fn relu6(x: &Tensor) -> Result<Tensor> {
     unary_float("Relu6", x, relu6_of::<f32>, relu6_of::<f64>)
 }
 
-fn grad_float(op: &'static str, g: &Tensor, x: &Tensor, pass: fn(f64) -> bool) -> Result<Tensor> {
+fn grad_float(
+    op: &'static str,
+    g: &Tensor,
+    x: &Tensor,
+    f32_fn: impl Fn(f32, f32) -> f32 + Sync,
+    f64_fn: impl Fn(f64, f64) -> f64 + Sync,
+) -> Result<Tensor> {
     if g.shape() != x.shape() {
         return Err(Error::shape(
             op,
@@ -124,25 +130,12 @@ fn grad_float(op: &'static str, g: &Tensor, x: &Tensor, pass: fn(f64) -> bool) -
         });
     }
     match g.dtype() {
-        crate::DType::F32 => Tensor::new(
-            g.shape().to_vec(),
-            map2(g.f32s(op)?, x.f32s(op)?, move |g, x| {
-                if pass(x as f64) {
-                    g
-                } else {
-                    0.0
-                }
-            }),
-        ),
+        crate::DType::F32 => {
+            Tensor::new(g.shape().to_vec(), map2(g.f32s(op)?, x.f32s(op)?, f32_fn))
+        }
         crate::DType::F64 => Tensor::new(
             g.shape().to_vec(),
-            map2(g.values::<f64>(op)?, x.values::<f64>(op)?, move |g, x| {
-                if pass(x) {
-                    g
-                } else {
-                    0.0
-                }
-            }),
+            map2(g.values::<f64>(op)?, x.values::<f64>(op)?, f64_fn),
         ),
         other => Err(Error::DType {
             op,
@@ -153,13 +146,43 @@ fn grad_float(op: &'static str, g: &Tensor, x: &Tensor, pass: fn(f64) -> bool) -
     }
 }
 
+/// `g` where `0 < x`, else 0.
+fn relu_pass<T: Float>(g: T, x: T) -> T {
+    if x > T::ZERO {
+        g
+    } else {
+        T::ZERO
+    }
+}
+
+/// `g` where `0 < x < 6`, else 0; `&` rather than `&&` keeps the loop
+/// branch-free so it vectorises.
+fn relu6_pass<T: Float>(g: T, x: T) -> T {
+    if (x > T::ZERO) & (x < T::SIX) {
+        g
+    } else {
+        T::ZERO
+    }
+}
+
 /// `ReluGrad(gradients, features)`.
 pub fn relu_grad(gradients: &Tensor, features: &Tensor) -> Result<Tensor> {
-    grad_float("ReluGrad", gradients, features, |x| x > 0.0)
+    grad_float(
+        "ReluGrad",
+        gradients,
+        features,
+        relu_pass::<f32>,
+        relu_pass::<f64>,
+    )
 }
 
 /// `Relu6Grad(gradients, features)`.
 pub fn relu6_grad(gradients: &Tensor, features: &Tensor) -> Result<Tensor> {
-    // `&` rather than `&&`: no branch, so the loop vectorises.
-    grad_float("Relu6Grad", gradients, features, |x| (x > 0.0) & (x < 6.0))
+    grad_float(
+        "Relu6Grad",
+        gradients,
+        features,
+        relu6_pass::<f32>,
+        relu6_pass::<f64>,
+    )
 }
