@@ -628,3 +628,86 @@ fn bad_inputs_are_errors_naming_the_op() {
     assert!(fused_batch_norm_relu6_grad(&x, &y_bad, &x, &c3, &c3, &c3, 1e-3, true).is_err());
     assert!(fused_batch_norm_grad(&x, &x, &c3, &c4, &c3, 1e-3, true).is_err());
 }
+
+/// Best-of-N timings at MobileNet's batch-128 shapes (the criterion bench
+/// gives medians; on a shared machine the minimum is the steadier figure).
+/// `cargo test -p psflow-kernels --test batchnorm -- --ignored --nocapture`
+#[test]
+#[ignore = "timing report, not a check"]
+fn timing_report() {
+    use std::time::Instant;
+    let mut rng = StdRng::seed_from_u64(9);
+    let p = params(1e-3, 1.0, true);
+    for shape in [
+        [128usize, 16, 16, 64],
+        [128, 8, 8, 128],
+        [128, 4, 4, 256],
+        [128, 2, 2, 512],
+    ] {
+        let n: usize = shape.iter().product();
+        let c = shape[3];
+        let x = t(&shape, rand_vec(&mut rng, n, -2.0, 6.0));
+        let dy = t(&shape, rand_vec(&mut rng, n, -1.0, 1.0));
+        let scale = t(&[c], rand_vec(&mut rng, c, 0.5, 2.0));
+        let offset = t(&[c], rand_vec(&mut rng, c, 0.0, 3.0));
+        let f = fused_batch_norm_relu6(&x, &scale, &offset, &empty(), &empty(), &p).unwrap();
+        let best = |mut run: Box<dyn FnMut() + '_>| {
+            (0..60)
+                .map(|_| {
+                    let t0 = Instant::now();
+                    run();
+                    t0.elapsed().as_secs_f64()
+                })
+                .fold(f64::INFINITY, f64::min)
+        };
+        let fwd = best(Box::new(|| {
+            std::hint::black_box(
+                fused_batch_norm_relu6(&x, &scale, &offset, &empty(), &empty(), &p).unwrap(),
+            );
+        }));
+        let bwd = best(Box::new(|| {
+            std::hint::black_box(
+                fused_batch_norm_relu6_grad(
+                    &dy,
+                    &f.y,
+                    &x,
+                    &scale,
+                    &f.reserve_space_1,
+                    &f.reserve_space_2,
+                    1e-3,
+                    true,
+                )
+                .unwrap(),
+            );
+        }));
+        let unfused_fwd = best(Box::new(|| {
+            let o = fused_batch_norm(&x, &scale, &offset, &empty(), &empty(), &p).unwrap();
+            std::hint::black_box(psflow_kernels::ops::activation::relu6(&o.y).unwrap());
+        }));
+        let unfused_bwd = best(Box::new(|| {
+            let g = psflow_kernels::ops::activation::relu6_grad(&dy, &f.y).unwrap();
+            std::hint::black_box(
+                fused_batch_norm_grad(
+                    &g,
+                    &x,
+                    &scale,
+                    &f.reserve_space_1,
+                    &f.reserve_space_2,
+                    1e-3,
+                    true,
+                )
+                .unwrap(),
+            );
+        }));
+        let gb = |bytes: usize, s: f64| bytes as f64 / s / 1e9;
+        println!(
+            "{shape:?}: fused fwd {:.3} ms ({:.1} GB/s), fused bwd {:.3} ms ({:.1} GB/s); unfused fwd {:.3} ms, unfused bwd {:.3} ms",
+            fwd * 1e3,
+            gb(8 * n, fwd),
+            bwd * 1e3,
+            gb(16 * n, bwd),
+            unfused_fwd * 1e3,
+            unfused_bwd * 1e3
+        );
+    }
+}

@@ -26,23 +26,38 @@ impl Float for f64 {
     const SIX: f64 = 6.0;
 }
 
+/// Maps `x` element-wise into a new buffer, in parallel chunks. The buffer
+/// is written without being zeroed first (a memset or fresh zero pages would
+/// cost as much as the map itself).
 fn map1<T: Element>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
-    let mut out = vec![T::default(); x.len()];
-    out.par_chunks_mut(PAR_CHUNK)
+    let n = x.len();
+    let mut out: Vec<T> = Vec::with_capacity(n);
+    out.spare_capacity_mut()[..n]
+        .par_chunks_mut(PAR_CHUNK)
         .zip(x.par_chunks(PAR_CHUNK))
-        .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &i)| *o = f(i)));
+        .for_each(|(o, i)| {
+            o.iter_mut().zip(i).for_each(|(o, &i)| {
+                o.write(f(i));
+            })
+        });
+    // SAFETY: the chunks cover `[0, n)` and every element was written.
+    unsafe { out.set_len(n) };
     out
 }
 
 fn map2<T: Element>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
-    let mut out = vec![T::default(); a.len()];
-    out.par_chunks_mut(PAR_CHUNK)
+    let n = a.len().min(b.len());
+    let mut out: Vec<T> = Vec::with_capacity(n);
+    out.spare_capacity_mut()[..n]
+        .par_chunks_mut(PAR_CHUNK)
         .zip(a.par_chunks(PAR_CHUNK).zip(b.par_chunks(PAR_CHUNK)))
         .for_each(|(o, (a, b))| {
-            o.iter_mut()
-                .zip(a.iter().zip(b))
-                .for_each(|(o, (&a, &b))| *o = f(a, b))
+            o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&a, &b))| {
+                o.write(f(a, b));
+            })
         });
+    // SAFETY: the chunks cover `[0, n)` and every element was written.
+    unsafe { out.set_len(n) };
     out
 }
 
@@ -89,7 +104,13 @@ pub fn relu6(x: &Tensor) -> Result<Tensor> {
     unary_float("Relu6", x, relu6_of::<f32>, relu6_of::<f64>)
 }
 
-fn grad_float(op: &'static str, g: &Tensor, x: &Tensor, pass: fn(f64) -> bool) -> Result<Tensor> {
+fn grad_float(
+    op: &'static str,
+    g: &Tensor,
+    x: &Tensor,
+    f32_fn: impl Fn(f32, f32) -> f32 + Sync,
+    f64_fn: impl Fn(f64, f64) -> f64 + Sync,
+) -> Result<Tensor> {
     if g.shape() != x.shape() {
         return Err(Error::shape(
             op,
@@ -109,25 +130,12 @@ fn grad_float(op: &'static str, g: &Tensor, x: &Tensor, pass: fn(f64) -> bool) -
         });
     }
     match g.dtype() {
-        crate::DType::F32 => Tensor::new(
-            g.shape().to_vec(),
-            map2(g.f32s(op)?, x.f32s(op)?, |g, x| {
-                if pass(x as f64) {
-                    g
-                } else {
-                    0.0
-                }
-            }),
-        ),
+        crate::DType::F32 => {
+            Tensor::new(g.shape().to_vec(), map2(g.f32s(op)?, x.f32s(op)?, f32_fn))
+        }
         crate::DType::F64 => Tensor::new(
             g.shape().to_vec(),
-            map2(g.values::<f64>(op)?, x.values::<f64>(op)?, |g, x| {
-                if pass(x) {
-                    g
-                } else {
-                    0.0
-                }
-            }),
+            map2(g.values::<f64>(op)?, x.values::<f64>(op)?, f64_fn),
         ),
         other => Err(Error::DType {
             op,
@@ -138,12 +146,43 @@ fn grad_float(op: &'static str, g: &Tensor, x: &Tensor, pass: fn(f64) -> bool) -
     }
 }
 
+/// `g` where `0 < x`, else 0.
+fn relu_pass<T: Float>(g: T, x: T) -> T {
+    if x > T::ZERO {
+        g
+    } else {
+        T::ZERO
+    }
+}
+
+/// `g` where `0 < x < 6`, else 0; `&` rather than `&&` keeps the loop
+/// branch-free so it vectorises.
+fn relu6_pass<T: Float>(g: T, x: T) -> T {
+    if (x > T::ZERO) & (x < T::SIX) {
+        g
+    } else {
+        T::ZERO
+    }
+}
+
 /// `ReluGrad(gradients, features)`.
 pub fn relu_grad(gradients: &Tensor, features: &Tensor) -> Result<Tensor> {
-    grad_float("ReluGrad", gradients, features, |x| x > 0.0)
+    grad_float(
+        "ReluGrad",
+        gradients,
+        features,
+        relu_pass::<f32>,
+        relu_pass::<f64>,
+    )
 }
 
 /// `Relu6Grad(gradients, features)`.
 pub fn relu6_grad(gradients: &Tensor, features: &Tensor) -> Result<Tensor> {
-    grad_float("Relu6Grad", gradients, features, |x| x > 0.0 && x < 6.0)
+    grad_float(
+        "Relu6Grad",
+        gradients,
+        features,
+        relu6_pass::<f32>,
+        relu6_pass::<f64>,
+    )
 }
