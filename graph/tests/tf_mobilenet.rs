@@ -5,7 +5,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::max_rel_err;
+use common::max_rel_err_floor;
 use psflow_graph::format::npy;
 use psflow_graph::{Graph, Session, Shape, TensorName};
 
@@ -34,7 +34,8 @@ fn check(graph: &str, expected: &str) {
         )
         .unwrap();
     assert_eq!(got[0].shape(), want.shape());
-    let err = max_rel_err(&got[0], &want);
+    let err = max_rel_err_floor(&got[0], &want, 1e-12);
+    eprintln!("{graph}: max relative error vs TensorFlow {err:.2e}");
     assert!(
         err < 1e-4,
         "{graph}: max relative error {err:e} vs TensorFlow"
@@ -47,7 +48,7 @@ fn check(graph: &str, expected: &str) {
     let got1 = s.run(&[(input, first)], &[output], &[]).unwrap();
     let want_row =
         psflow_graph::Tensor::new(vec![1, 10], want.f32s("test").unwrap()[..10].to_vec()).unwrap();
-    let err = max_rel_err(&got1[0], &want_row);
+    let err = max_rel_err_floor(&got1[0], &want_row, 1e-12);
     assert!(err < 1e-4, "{graph}, batch 1: max relative error {err:e}");
 }
 

@@ -327,7 +327,7 @@ fn expand_dims(node: &Node) -> Built {
 }
 
 fn paddings(v: &[i64]) -> Option<Vec<(usize, usize)>> {
-    if !v.len().is_multiple_of(2) || v.iter().any(|&x| x < 0) {
+    if v.len() & 1 != 0 || v.iter().any(|&x| x < 0) {
         return None;
     }
     Some(

@@ -62,12 +62,18 @@ pub fn rand_f32(shape: &[usize], seed: u64) -> Tensor {
     Tensor::new(shape.to_vec(), v).unwrap()
 }
 
-/// Largest |a - b| / max(1, |b|) over the elements.
-pub fn max_rel_err(a: &Tensor, b: &Tensor) -> f64 {
+/// Largest |a - b| / max(floor, |b|) over the elements.
+pub fn max_rel_err_floor(a: &Tensor, b: &Tensor, floor: f64) -> f64 {
     assert_eq!(a.shape(), b.shape(), "shapes differ");
     a.to_f64_vec()
         .iter()
         .zip(b.to_f64_vec())
-        .map(|(x, y)| (x - y).abs() / y.abs().max(1.0))
+        .map(|(x, y)| (x - y).abs() / y.abs().max(floor))
         .fold(0.0, f64::max)
+}
+
+/// Largest |a - b| / max(1, |b|): relative for large values, absolute
+/// for small ones.
+pub fn max_rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    max_rel_err_floor(a, b, 1.0)
 }
