@@ -69,13 +69,20 @@ def main():
             "psflow_gflops": p.get("gflops") if p else None,
             "psflow_gbps": p.get("gbps") if p else None,
         })
+    roofs = ps.get("machine") or {}
+    peak, dram = roofs.get("peak_gflops"), roofs.get("copy_gbps")
+    for r in rows:
+        r["psflow_pct_peak"] = 100 * r["psflow_gflops"] / peak if peak and r["psflow_gflops"] else None
+        r["psflow_pct_dram"] = 100 * r["psflow_gbps"] / dram if dram and r["psflow_gbps"] else None
 
-    head = ["kernel", "shape", "stride", "TF ms", "psflow ms", "TF/psflow", "GFLOP/s", "GB/s"]
+    head = ["kernel", "shape", "stride", "TF ms", "psflow ms", "TF/psflow", "GFLOP/s", "GB/s",
+            "% peak", "% DRAM"]
     table = [[r["kernel"], r["shape"], str(r["stride"]), fmt(r["tf_ms"], ".3f"),
               fmt(r["psflow_ms"], ".3f"), fmt(r["ratio_tf_over_psflow"], ".2f"),
-              fmt(r["psflow_gflops"], ".1f"), fmt(r["psflow_gbps"], ".1f")] for r in rows]
+              fmt(r["psflow_gflops"], ".1f"), fmt(r["psflow_gbps"], ".1f"),
+              fmt(r["psflow_pct_peak"], ".0f"), fmt(r["psflow_pct_dram"], ".0f")] for r in rows]
     widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(head)]
-    right = {2, 3, 4, 5, 6, 7}
+    right = {2, 3, 4, 5, 6, 7, 8, 9}
 
     def line(cells):
         return "  ".join(c.rjust(w) if i in right else c.ljust(w)
@@ -99,6 +106,9 @@ def main():
     for k, g in summary.items():
         print(f"  {k:22s} {fmt(g, '.2f')}")
     print(f"  {'all':22s} {fmt(overall, '.2f')}")
+    if roofs:
+        print(f"\nmachine roofs (measured by psflow): {peak:.0f} GFLOP/s f32 FMA ({roofs.get('isa')}), "
+              f"copy {dram:.1f} GB/s (128 MiB), {roofs.get('copy_8mib_gbps', 0):.1f} GB/s (8 MiB, in cache)")
     missing = [r for r in rows if r["tf_ms"] is None or r["psflow_ms"] is None]
     if missing:
         print(f"\n{len(missing)} rows measured by only one side (shown with '-')")
@@ -108,6 +118,7 @@ def main():
             "tensorflow": tf.get("tensorflow"),
             "tf_threads": tf.get("threads"),
             "psflow_threads": ps.get("threads"),
+            "machine": roofs,
             "results": rows,
             "geomean_ratio_per_kernel": summary,
             "geomean_ratio": overall,

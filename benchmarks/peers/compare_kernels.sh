@@ -48,7 +48,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 echo "psflow bench kernels ..." >&2
-"$psflow" bench kernels --json >"$tmp/psflow.json"
+"$psflow" bench kernels --repeats "$repeats" --json >"$tmp/psflow.json"
 echo "TensorFlow kernels ..." >&2
 "$venv/bin/python" "$here/tf_kernels.py" --repeats "$repeats" >"$tmp/tf.json"
 

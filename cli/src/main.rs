@@ -150,8 +150,11 @@ fn bench_kernels(
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        let mut t = table::Table::new(&["kernel", "shape", "stride", "ms", "GFLOP/s", "GB/s"])
-            .right_align(&[2, 3, 4, 5]);
+        let m = &report.machine;
+        let mut t = table::Table::new(&[
+            "kernel", "shape", "stride", "ms", "GFLOP/s", "GB/s", "% peak", "% DRAM",
+        ])
+        .right_align(&[2, 3, 4, 5, 6, 7]);
         for r in &report.results {
             t.row(vec![
                 r.kernel.clone(),
@@ -160,10 +163,16 @@ fn bench_kernels(
                 format!("{:.3}", r.ms),
                 format!("{:.1}", r.gflops),
                 format!("{:.1}", r.gbps),
+                format!("{:.0}", 100.0 * r.gflops / m.peak_gflops),
+                format!("{:.0}", 100.0 * r.gbps / m.copy_gbps),
             ]);
         }
         print!("{}", t.render());
-        println!("threads: {}, batch: {}", report.threads, report.batch);
+        println!(
+            "threads: {}, batch: {}; machine: {:.0} GFLOP/s f32 FMA peak ({}), \
+             copy {:.1} GB/s (128 MiB) and {:.1} GB/s (8 MiB, in cache)",
+            report.threads, report.batch, m.peak_gflops, m.isa, m.copy_gbps, m.copy_8mib_gbps
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -25,6 +25,8 @@ pub struct KernelResult {
 #[derive(Debug, Clone, Serialize)]
 pub struct KernelReport {
     pub threads: usize,
+    /// The machine's measured compute and bandwidth roofs.
+    pub machine: super::machine::MachineRoofs,
     pub batch: usize,
     pub results: Vec<KernelResult>,
 }
@@ -259,9 +261,11 @@ pub fn run(opts: &Options, progress: impl Fn(usize, usize, &str)) -> Result<Kern
             gbps: case.bytes / secs / 1e9,
         });
     }
-    progress(total, total, "done");
+    progress(total, total, "machine roofs");
+    let machine = super::machine::measure();
     Ok(KernelReport {
         threads: psflow_kernels::threads::current(),
+        machine,
         batch: opts.batch,
         results,
     })

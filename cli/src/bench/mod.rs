@@ -2,6 +2,7 @@
 //! for programs (the peer comparisons in `benchmarks/peers/` read the JSON).
 
 pub mod kernels;
+pub mod machine;
 
 use std::time::{Duration, Instant};
 
