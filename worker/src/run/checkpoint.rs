@@ -471,9 +471,8 @@ fn for_le_chunks(
     mut f: impl FnMut(&[u8]) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     macro_rules! chunks {
-        ($v:expr, $to:expr) => {{
-            let per = (1 << 16) / std::mem::size_of_val(&$v[0..1]).max(1);
-            for part in $v.chunks(per.max(1)) {
+        ($v:expr, $size:expr, $to:expr) => {{
+            for part in $v.chunks((1 << 16) / $size) {
                 buf.clear();
                 for &x in part {
                     buf.extend_from_slice(&$to(x));
@@ -483,16 +482,16 @@ fn for_le_chunks(
         }};
     }
     match data {
-        Data::F32(v) => chunks!(v, f32::to_le_bytes),
-        Data::F64(v) => chunks!(v, f64::to_le_bytes),
-        Data::I32(v) => chunks!(v, i32::to_le_bytes),
-        Data::I64(v) => chunks!(v, i64::to_le_bytes),
+        Data::F32(v) => chunks!(v, 4, f32::to_le_bytes),
+        Data::F64(v) => chunks!(v, 8, f64::to_le_bytes),
+        Data::I32(v) => chunks!(v, 4, i32::to_le_bytes),
+        Data::I64(v) => chunks!(v, 8, i64::to_le_bytes),
         Data::U8(v) => {
             for part in v.chunks(1 << 16) {
                 f(part)?;
             }
         }
-        Data::Bool(v) => chunks!(v, |b: bool| [b as u8]),
+        Data::Bool(v) => chunks!(v, 1, |b: bool| [b as u8]),
     }
     Ok(())
 }

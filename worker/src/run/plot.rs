@@ -109,7 +109,13 @@ impl LossPlot {
         if ymin >= 0.0 {
             ymin = 0.0;
         }
-        let xt = nice_ticks(xmin, xmax, 8);
+        // x spans exactly the data (steps need no margin); y widens to
+        // whole ticks.
+        let mut xt = nice_ticks(xmin, xmax, 6);
+        if xmax > xmin {
+            xt.ticks.retain(|&t| t >= xmin - 1e-9 * xt.step && t <= xmax + 1e-9 * xt.step);
+            (xt.lo, xt.hi) = (xmin, xmax);
+        }
         let yt = nice_ticks(ymin, ymax, 6);
         let (xa, xb) = (xt.lo, xt.hi);
         let (ya, yb) = (yt.lo, yt.hi);
