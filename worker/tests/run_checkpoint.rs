@@ -15,7 +15,12 @@ fn tensors(seed: u32) -> Vec<(String, Tensor)> {
     let f: Vec<f32> = (0..3 * 5 * 7)
         .map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 / 7.0e8 - 3.0)
         .collect();
-    let mut special = vec![-0.0f32, f32::MIN_POSITIVE / 4.0, f32::MAX, f32::NEG_INFINITY];
+    let mut special = vec![
+        -0.0f32,
+        f32::MIN_POSITIVE / 4.0,
+        f32::MAX,
+        f32::NEG_INFINITY,
+    ];
     special.push(f32::from_bits(0x7fc0_1234));
     vec![
         (
@@ -23,10 +28,7 @@ fn tensors(seed: u32) -> Vec<(String, Tensor)> {
             Tensor::new(vec![3, 5, 7], f).unwrap(),
         ),
         ("special".into(), Tensor::new(vec![5], special).unwrap()),
-        (
-            "global_step".into(),
-            Tensor::scalar(i64::MAX - seed as i64),
-        ),
+        ("global_step".into(), Tensor::scalar(i64::MAX - seed as i64)),
         (
             "empty".into(),
             Tensor::new(vec![0, 4], Vec::<f32>::new()).unwrap(),
@@ -35,9 +37,18 @@ fn tensors(seed: u32) -> Vec<(String, Tensor)> {
             "i32".into(),
             Tensor::new(vec![2, 2], vec![-1i32, 2, i32::MIN, 7]).unwrap(),
         ),
-        ("f64".into(), Tensor::new(vec![2], vec![1.5f64, -2e300]).unwrap()),
-        ("u8".into(), Tensor::new(vec![3], vec![0u8, 128, 255]).unwrap()),
-        ("bool".into(), Tensor::new(vec![2], vec![true, false]).unwrap()),
+        (
+            "f64".into(),
+            Tensor::new(vec![2], vec![1.5f64, -2e300]).unwrap(),
+        ),
+        (
+            "u8".into(),
+            Tensor::new(vec![3], vec![0u8, 128, 255]).unwrap(),
+        ),
+        (
+            "bool".into(),
+            Tensor::new(vec![2], vec![true, false]).unwrap(),
+        ),
     ]
 }
 
@@ -207,7 +218,11 @@ fn corruption_and_truncation_name_the_file_and_tensor() {
     fs::write(&data, &bad).unwrap();
     expect_corrupt(
         &path,
-        &[&data_str, "MobilenetV1/Conv2d_0/weights", "CRC-32C mismatch"],
+        &[
+            &data_str,
+            "MobilenetV1/Conv2d_0/weights",
+            "CRC-32C mismatch",
+        ],
     );
 
     // A flipped bit in a record header (the name) is caught too.
@@ -271,7 +286,11 @@ fn keeps_the_last_k() {
     assert_eq!(ck.latest().unwrap().unwrap().step, 50);
     // Steps sort numerically, not as text (ckpt-100 after ckpt-50).
     ck.save(100, &t, meta(100)).unwrap();
-    let steps: Vec<u64> = Checkpoint::list(ck.dir()).unwrap().iter().map(|c| c.step).collect();
+    let steps: Vec<u64> = Checkpoint::list(ck.dir())
+        .unwrap()
+        .iter()
+        .map(|c| c.step)
+        .collect();
     assert_eq!(steps, vec![40, 50, 100]);
 }
 

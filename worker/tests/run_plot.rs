@@ -15,7 +15,10 @@ fn example() -> LossPlot {
             (s, 2.3 * (-s / 300.0).exp() + 0.35 + noise + 0.08)
         })
         .collect();
-    let xent: Vec<(f64, f64)> = total.iter().map(|&(s, t)| (s, t - 0.08 + s * 1e-5)).collect();
+    let xent: Vec<(f64, f64)> = total
+        .iter()
+        .map(|&(s, t)| (s, t - 0.08 + s * 1e-5))
+        .collect();
     let reg: Vec<(f64, f64)> = total.iter().map(|&(s, _)| (s, 0.08 - s * 1e-5)).collect();
     LossPlot::new("MobileNet v1 0.50 @32 - fashion-mnist")
         .with_series("total", total)
@@ -28,11 +31,15 @@ fn is_well_formed(svg: &str) {
     assert!(svg.trim_end().ends_with("</svg>"));
     // Every opened element closes (self-closing or paired).
     for tag in ["g", "text", "svg", "clipPath"] {
-        let open = svg.matches(&format!("<{tag} ")).count() + svg.matches(&format!("<{tag}>")).count();
+        let open =
+            svg.matches(&format!("<{tag} ")).count() + svg.matches(&format!("<{tag}>")).count();
         let close = svg.matches(&format!("</{tag}>")).count();
         assert_eq!(open, close, "<{tag}>");
     }
-    assert!(!svg.contains("NaN") && !svg.contains("inf"), "non-finite coordinates");
+    assert!(
+        !svg.contains("NaN") && !svg.contains("inf"),
+        "non-finite coordinates"
+    );
 }
 
 #[test]
@@ -40,23 +47,45 @@ fn plot_has_series_legend_ticks_and_labels() {
     let svg = example().to_svg();
     is_well_formed(&svg);
     assert_eq!(svg.matches("<polyline").count(), 3);
-    for name in ["total", "cross entropy", "regularization", "step", "loss", "fashion-mnist"] {
-        assert!(svg.contains(&format!(">{name}")) || svg.contains(name), "{name}");
+    for name in [
+        "total",
+        "cross entropy",
+        "regularization",
+        "step",
+        "loss",
+        "fashion-mnist",
+    ] {
+        assert!(
+            svg.contains(&format!(">{name}")) || svg.contains(name),
+            "{name}"
+        );
     }
     // x ticks at round steps, y from 0.
-    for tick in [">250<", ">500<", ">1000<", ">1500<", ">0.0<", ">0.5<", ">2.5<"] {
+    for tick in [
+        ">250<", ">500<", ">1000<", ">1500<", ">0.0<", ">0.5<", ">2.5<",
+    ] {
         assert!(svg.contains(tick), "tick {tick}");
     }
     // 1500 points fit: nothing thinned.
     let first = svg.split("<polyline").nth(1).unwrap();
-    let points = first.split("points=\"").nth(1).unwrap().split('"').next().unwrap();
+    let points = first
+        .split("points=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
     assert_eq!(points.split(' ').count(), 1500);
 }
 
 #[test]
 fn long_series_are_thinned_and_names_escaped() {
-    let pts: Vec<(f64, f64)> = (0..200_000).map(|s| (s as f64, 1.0 / (1.0 + s as f64))).collect();
-    let svg = LossPlot::new("a <b> & \"c\"").with_series("x<y", pts).to_svg();
+    let pts: Vec<(f64, f64)> = (0..200_000)
+        .map(|s| (s as f64, 1.0 / (1.0 + s as f64)))
+        .collect();
+    let svg = LossPlot::new("a <b> & \"c\"")
+        .with_series("x<y", pts)
+        .to_svg();
     is_well_formed(&svg);
     assert!(svg.len() < 200_000, "{} bytes", svg.len());
     assert!(svg.contains("a &lt;b&gt; &amp; &quot;c&quot;"));
@@ -76,12 +105,21 @@ fn degenerate_inputs_still_plot() {
         .to_svg();
     is_well_formed(&svg);
     assert!(svg.contains("<circle"));
-    let svg = LossPlot::new("flat").with_series("a", vec![(1.0, 3.0), (2.0, 3.0)]).to_svg();
+    let svg = LossPlot::new("flat")
+        .with_series("a", vec![(1.0, 3.0), (2.0, 3.0)])
+        .to_svg();
     is_well_formed(&svg);
     let svg = LossPlot::new("diverged")
         .with_series(
             "a",
-            vec![(1.0, 2.0), (2.0, 1.0), (3.0, f64::NAN), (4.0, f64::INFINITY), (5.0, 1.5), (6.0, 1.2)],
+            vec![
+                (1.0, 2.0),
+                (2.0, 1.0),
+                (3.0, f64::NAN),
+                (4.0, f64::INFINITY),
+                (5.0, 1.5),
+                (6.0, 1.2),
+            ],
         )
         .to_svg();
     is_well_formed(&svg);

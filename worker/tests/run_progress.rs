@@ -95,12 +95,23 @@ fn plain_mode_logs_first_periodic_and_last_steps() {
     for step in 3..=5 {
         p.update(&report(step));
     }
-    assert_eq!(String::from_utf8(sink.0.lock().unwrap().clone()).unwrap().lines().count(), 3);
+    assert_eq!(
+        String::from_utf8(sink.0.lock().unwrap().clone())
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
 }
 
 #[test]
 fn line_and_duration_formats() {
-    let l = plain_line(&report(120), 1000, Duration::from_secs(62), Some(Duration::from_secs(455)));
+    let l = plain_line(
+        &report(120),
+        1000,
+        Duration::from_secs(62),
+        Some(Duration::from_secs(455)),
+    );
     assert_eq!(
         l,
         "step 120/1000 (12.0%) epoch 1.20 loss 2.1034 xent 2.0925 reg 0.0109 lr 1.000e-2 812.4 img/s elapsed 1m02s eta 7m35s"

@@ -47,7 +47,10 @@ fn summary_round_trips_and_keeps_unknown_fields() {
     let back = TrainSummary::read(&run.summary()).unwrap();
     assert_eq!(back.extra["gpu"], "H200");
     back.write(&run.summary()).unwrap();
-    assert_eq!(TrainSummary::read(&run.summary()).unwrap().extra["gpu"], "H200");
+    assert_eq!(
+        TrainSummary::read(&run.summary()).unwrap().extra["gpu"],
+        "H200"
+    );
 
     std::fs::write(run.summary(), "{\"top1\": ").unwrap();
     let e = TrainSummary::read(&run.summary()).unwrap_err().to_string();

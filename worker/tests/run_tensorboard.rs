@@ -90,7 +90,10 @@ fn two_writers_in_the_same_second_get_different_files() {
 fn empty_tags_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = EventWriter::create(dir.path()).unwrap();
-    assert!(matches!(w.add_scalar("", 1.0, 1), Err(RunError::Invalid(_))));
+    assert!(matches!(
+        w.add_scalar("", 1.0, 1),
+        Err(RunError::Invalid(_))
+    ));
 }
 
 #[test]
@@ -115,4 +118,35 @@ fn a_corrupted_event_file_is_reported_with_its_path_and_offset() {
     std::fs::write(&path, &good[..good.len() - 3]).unwrap();
     let e = read_events(&path).unwrap_err().to_string();
     assert!(e.contains("truncated"), "{e}");
+}
+
+/// Writes a known event file for `tools/tf/check_events.py` (TensorFlow
+/// reading our bytes): into `$PSFLOW_EVENTS_DIR`, default
+/// `target/tf-events`. Scalars: `loss/total` = 2/step,
+/// `loss/cross_entropy` = 1.5/step, `learning_rate` = 0.01 at steps 1..=5,
+/// `accuracy/top1` = 0.875 at step 5.
+#[test]
+#[ignore = "writes an event file for tools/tf/check_events.py"]
+fn write_events_for_tensorflow() {
+    let dir = std::env::var_os("PSFLOW_EVENTS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tf-events")
+        });
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut w = EventWriter::create(&dir).unwrap();
+    for step in 1..=5i64 {
+        w.add_scalars(
+            step,
+            &[
+                ("loss/total", 2.0 / step as f32),
+                ("loss/cross_entropy", 1.5 / step as f32),
+                ("learning_rate", 0.01),
+            ],
+        )
+        .unwrap();
+    }
+    w.add_scalar("accuracy/top1", 0.875, 5).unwrap();
+    w.flush().unwrap();
+    eprintln!("wrote {}", w.path().display());
 }

@@ -458,7 +458,9 @@ fn write_data_file(
         });
     }
     let Checked { inner, pos, crc } = w;
-    let file = inner.into_inner().map_err(|e| RunError::io(path, e.into_error()))?;
+    let file = inner
+        .into_inner()
+        .map_err(|e| RunError::io(path, e.into_error()))?;
     file.sync_all().at(path)?;
     Ok((pos, crc))
 }
@@ -509,16 +511,24 @@ fn dtype_code(d: DType) -> u32 {
 }
 
 fn dtype_from_name(name: &str) -> Option<DType> {
-    [DType::F32, DType::F64, DType::I32, DType::I64, DType::U8, DType::Bool]
-        .into_iter()
-        .find(|d| d.name() == name)
+    [
+        DType::F32,
+        DType::F64,
+        DType::I32,
+        DType::I64,
+        DType::U8,
+        DType::Bool,
+    ]
+    .into_iter()
+    .find(|d| d.name() == name)
 }
 
 /// Checks one tensor's record header and CRC against the manifest and
 /// builds it.
 fn decode_tensor(file: &Path, bytes: &[u8], e: &TensorEntry) -> Result<Tensor> {
     let bad = |what: String| RunError::corrupt(file, format!("tensor {:?}: {what}", e.name));
-    let dtype = dtype_from_name(&e.dtype).ok_or_else(|| bad(format!("unknown dtype {:?}", e.dtype)))?;
+    let dtype =
+        dtype_from_name(&e.dtype).ok_or_else(|| bad(format!("unknown dtype {:?}", e.dtype)))?;
     let count: usize = e.shape.iter().product();
     if e.bytes != (count * dtype.size()) as u64 {
         return Err(bad(format!(
@@ -530,7 +540,12 @@ fn decode_tensor(file: &Path, bytes: &[u8], e: &TensorEntry) -> Result<Tensor> {
     let end = start
         .checked_add(e.bytes as usize)
         .filter(|&end| end <= bytes.len())
-        .ok_or_else(|| bad(format!("bytes {}..+{} past the end of the file", e.offset, e.bytes)))?;
+        .ok_or_else(|| {
+            bad(format!(
+                "bytes {}..+{} past the end of the file",
+                e.offset, e.bytes
+            ))
+        })?;
     check_record_header(bytes, start, e, dtype).map_err(bad)?;
     let raw = &bytes[start..end];
     let crc = crc32c(raw);
@@ -586,7 +601,8 @@ fn check_record_header(
         let Some(begin) = start.checked_sub(pad + h.len()) else {
             break;
         };
-        if bytes[begin + h.len()..start].iter().all(|&b| b == 0) && bytes[begin..begin + h.len()] == h[..]
+        if bytes[begin + h.len()..start].iter().all(|&b| b == 0)
+            && bytes[begin..begin + h.len()] == h[..]
         {
             return Ok(());
         }

@@ -18,7 +18,11 @@ const fn make_tables() -> [[u32; 256]; 8] {
         let mut crc = b as u32;
         let mut i = 0;
         while i < 8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ POLY } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ POLY
+            } else {
+                crc >> 1
+            };
             i += 1;
         }
         t[0][b] = crc;
@@ -137,11 +141,15 @@ mod tests {
         for split in [0, 1, 7, 8, 9, 500, 999, 1000] {
             let (a, b) = data.split_at(split);
             assert_eq!(crc32c_append(crc32c(a), b), whole);
-            assert_eq!(crc32c_append_portable(crc32c_append_portable(0, a), b), whole);
+            assert_eq!(
+                crc32c_append_portable(crc32c_append_portable(0, a), b),
+                whole
+            );
         }
     }
 
     #[test]
+    #[allow(clippy::manual_rotate)] // the formula as TensorFlow writes it
     fn mask_round_trips_and_matches_tensorflow() {
         for c in [0, 1, 0xdead_beef, u32::MAX] {
             assert_eq!(unmask(mask(c)), c);

@@ -17,7 +17,7 @@
 //! - [`LossPlot`]: an SVG line plot written by hand.
 //! - [`Checkpoint`] / [`Checkpointer`]: atomic, checksummed tensor
 //!   snapshots with a JSON manifest; keep the last K.
-//! - [`TrainSummary`]: `summary.json`.
+//! - [`TrainSummary`] is `summary.json`.
 //! - [`TrainProgress`] and [`MetricsAccumulator`]: progress bar or plain log
 //!   lines, running loss means and images/s.
 

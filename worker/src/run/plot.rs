@@ -113,7 +113,8 @@ impl LossPlot {
         // whole ticks.
         let mut xt = nice_ticks(xmin, xmax, 6);
         if xmax > xmin {
-            xt.ticks.retain(|&t| t >= xmin - 1e-9 * xt.step && t <= xmax + 1e-9 * xt.step);
+            xt.ticks
+                .retain(|&t| t >= xmin - 1e-9 * xt.step && t <= xmax + 1e-9 * xt.step);
             (xt.lo, xt.hi) = (xmin, xmax);
         }
         let yt = nice_ticks(ymin, ymax, 6);
@@ -297,7 +298,9 @@ pub fn nice_ticks(lo: f64, hi: f64, target: usize) -> Ticks {
         .unwrap_or(10.0 * mag);
     let a = (lo / step).floor();
     let b = (hi / step).ceil();
-    let ticks = (0..=((b - a) as i64)).map(|i| (a + i as f64) * step).collect();
+    let ticks = (0..=((b - a) as i64))
+        .map(|i| (a + i as f64) * step)
+        .collect();
     Ticks {
         lo: a * step,
         hi: b * step,

@@ -36,7 +36,11 @@ impl Losses {
     }
 
     fn scaled(&self, s: f64) -> Losses {
-        Losses::new(self.total * s, self.cross_entropy * s, self.regularization * s)
+        Losses::new(
+            self.total * s,
+            self.cross_entropy * s,
+            self.regularization * s,
+        )
     }
 }
 

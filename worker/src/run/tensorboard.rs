@@ -149,7 +149,10 @@ pub fn read_events(path: &Path) -> Result<Vec<Event>> {
             break;
         };
         let event = Event::decode(record.as_slice()).map_err(|e| {
-            RunError::corrupt(path, format!("record at byte offset {offset}: not an Event: {e}"))
+            RunError::corrupt(
+                path,
+                format!("record at byte offset {offset}: not an Event: {e}"),
+            )
         })?;
         events.push(event);
     }

@@ -107,10 +107,7 @@ impl<R: Read> RecordReader<R> {
             .read_to_end(&mut data)
             .at(&self.path)?;
         if got as u64 != len {
-            return Err(self.corrupt(
-                start,
-                format!("truncated data ({got} of {len} bytes)"),
-            ));
+            return Err(self.corrupt(start, format!("truncated data ({got} of {len} bytes)")));
         }
         let mut footer = [0u8; 4];
         let n = read_full(&mut self.inner, &mut footer).at(&self.path)?;
@@ -125,7 +122,10 @@ impl<R: Read> RecordReader<R> {
     }
 
     fn corrupt(&self, offset: u64, what: impl std::fmt::Display) -> RunError {
-        RunError::corrupt(&self.path, format!("record at byte offset {offset}: {what}"))
+        RunError::corrupt(
+            &self.path,
+            format!("record at byte offset {offset}: {what}"),
+        )
     }
 }
 
