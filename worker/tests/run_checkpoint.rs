@@ -307,3 +307,32 @@ fn bad_arguments_are_refused_without_writing() {
     assert!(Checkpoint::write(dir.path(), 1, &empty, json!({})).is_err());
     assert_eq!(Checkpoint::latest(dir.path()).unwrap(), None);
 }
+
+/// Throughput on MobileNet v1 1.0 sized state (4.2M parameters and two
+/// RMSProp slots, about 51 MB): `cargo test -p psflow-worker --test
+/// run_checkpoint -- --ignored --nocapture`.
+#[test]
+#[ignore = "timing, prints MB/s"]
+fn throughput_mobilenet_sized() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 4_231_976usize;
+    let t: Vec<(String, Tensor)> = (0..3)
+        .map(|k| {
+            let v: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37 + k as f32).sin()).collect();
+            (format!("state/{k}"), Tensor::new(vec![n], v).unwrap())
+        })
+        .collect();
+    let mb = (3 * n * 4) as f64 / 1e6;
+    let start = std::time::Instant::now();
+    let path = Checkpoint::write(dir.path(), 1, &t, json!({})).unwrap();
+    let w = start.elapsed().as_secs_f64();
+    let start = std::time::Instant::now();
+    let (back, _) = load(&path).unwrap();
+    let r = start.elapsed().as_secs_f64();
+    bits_equal(&t, &back);
+    eprintln!(
+        "checkpoint {mb:.1} MB: write {w:.3} s ({:.0} MB/s incl. fsync), load+verify {r:.3} s ({:.0} MB/s)",
+        mb / w,
+        mb / r
+    );
+}
