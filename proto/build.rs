@@ -13,6 +13,8 @@ const PROTOS: &[&str] = &[
     "proto/tensorflow/node_def.proto",
     "proto/tensorflow/versions.proto",
     "proto/tensorflow/graph.proto",
+    "proto/tensorflow/summary.proto",
+    "proto/tensorflow/event.proto",
 ];
 
 fn config() -> prost_build::Config {
