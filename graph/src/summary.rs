@@ -16,9 +16,11 @@
 //!   `VariableV2`; shape from the `shape` attr). Optimizer slots
 //!   (`…/RMSProp`, `…/Momentum`, `…/Adam`, …), `global_step`, Adam's beta
 //!   powers and integer variables count as variables but not as model
-//!   parameters; `moving_mean`/`moving_variance` are parameters but not
-//!   trainable. A graph with no variables (a frozen graph) counts its float
-//!   `Const`s of rank ≥ 1 instead.
+//!   parameters; `moving_mean`/`moving_variance` (by name, or as a batch
+//!   norm's mean and variance inputs) are parameters but not trainable. A
+//!   graph with no variables (a frozen graph) counts its float `Const`s of
+//!   rank ≥ 1 instead (a frozen graph whose batch norm is lowered to
+//!   element-wise ops cannot tell its statistics from trained values).
 //! - Multiply-adds, per example (the batch dimension is not counted):
 //!   Conv2D `oh·ow·kh·kw·cin·cout`, DepthwiseConv2dNative `oh·ow·kh·kw·c·m`,
 //!   MatMul `k·n`. Batch norm, activations, pooling and element-wise ops
@@ -27,7 +29,8 @@
 //! - Layers: one per forward Conv2D / DepthwiseConv2dNative / MatMul, named
 //!   by its scope (`MobilenetV1/Conv2d_1_depthwise`). A parameter belongs
 //!   to the layer whose op uses it, or, for a parameter of another op
-//!   (bias, batch norm), to the nearest such op up that op's first input.
+//!   (bias, batch norm), to the layer that op's activation input comes
+//!   from.
 
 use std::collections::HashMap;
 
@@ -157,17 +160,18 @@ pub fn summarize_with(graph: &Graph, registry: &Registry) -> Result<Summary> {
     for (id, node) in graph.nodes().iter().enumerate() {
         let Some(kind) = mac_kind(node) else { continue };
         let shapes: Vec<Shape> = node.data_inputs().map(&info).collect();
-        let out = infos[id].first().map_or(Shape::Unknown, |i| i.shape.clone());
+        let out = infos[id]
+            .first()
+            .map_or(Shape::Unknown, |i| i.shape.clone());
         let macs = count_macs(node, kind, &shapes, &out);
         if is_backward(node) {
             s.backward_macs += macs.unwrap_or(0);
             continue;
         }
         let (input, kernel) = match kind {
-            MacKind::Conv | MacKind::Depthwise | MacKind::MatMul => (
-                dims_of(shapes.first()),
-                dims_of(shapes.get(1)),
-            ),
+            MacKind::Conv | MacKind::Depthwise | MacKind::MatMul => {
+                (dims_of(shapes.first()), dims_of(shapes.get(1)))
+            }
             _ => unreachable!("backward kinds are counted above"),
         };
         match macs {
@@ -189,6 +193,7 @@ pub fn summarize_with(graph: &Graph, registry: &Registry) -> Result<Summary> {
         });
     }
 
+    let active = activation_layers(graph, &order, &layer_of_node);
     for p in &params {
         s.variable_elements += p.elements;
         if p.class == ParamClass::Slot {
@@ -196,11 +201,12 @@ pub fn summarize_with(graph: &Graph, registry: &Registry) -> Result<Summary> {
         }
         s.params += p.elements;
         s.model_bytes += p.elements * p.dtype.size() as u64;
-        let trainable = p.class == ParamClass::Trainable;
+        let used = find_use(graph, &consumers, &active, p.node);
+        let trainable = p.class == ParamClass::Trainable && !used.statistic;
         if trainable {
             s.trainable_params += p.elements;
         }
-        match attribute(graph, &consumers, &layer_of_node, p.node) {
+        match used.layer {
             Some(l) => {
                 s.layers[l].params += p.elements;
                 if trainable {
@@ -268,9 +274,7 @@ fn count_macs(node: &Node, kind: MacKind, inputs: &[Shape], out: &Shape) -> Opti
             conv(inputs.get(2)?, inputs.get(1)?)
         }
         // (input, filter_sizes, out_backprop) → d filter (output 0).
-        MacKind::ConvBackpropFilter | MacKind::DepthwiseBackpropFilter => {
-            conv(inputs.get(2)?, out)
-        }
+        MacKind::ConvBackpropFilter | MacKind::DepthwiseBackpropFilter => conv(inputs.get(2)?, out),
         MacKind::MatMul => {
             let tb = node.attr_bool_or("transpose_b", false).ok()?;
             let b = known(inputs.get(1), &[0, 1])?;
@@ -340,9 +344,10 @@ fn find_params(graph: &Graph) -> Result<Vec<Param>> {
         }
         let shape = node.attr_shape_or_unknown("shape")?;
         let dtype = node.attr_dtype("dtype")?;
-        let elements = shape.num_elements().ok_or_else(|| {
-            node.attr_error("shape", format!("{shape} is not fully known"))
-        })? as u64;
+        let elements = shape
+            .num_elements()
+            .ok_or_else(|| node.attr_error("shape", format!("{shape} is not fully known")))?
+            as u64;
         out.push(Param {
             node: id,
             elements,
@@ -396,9 +401,6 @@ fn consumers(graph: &Graph) -> Vec<Vec<(usize, usize)>> {
     out
 }
 
-/// Ops a parameter's value passes through unchanged on its way to a use.
-const PASS_THROUGH: &[&str] = &["ReadVariableOp", "Identity", "Snapshot", "Enter"];
-
 fn is_update(node: &Node) -> bool {
     node.op.starts_with("Assign")
         || node.op.starts_with("ResourceApply")
@@ -406,45 +408,77 @@ fn is_update(node: &Node) -> bool {
         || node.op == "VarIsInitializedOp"
 }
 
-/// The layer a parameter belongs to (see the module docs).
-fn attribute(
+/// For every node computed from the inputs (reachable from a placeholder),
+/// the layer its activation comes from: itself for a layer op, else that
+/// of its first input computed from the inputs.
+fn activation_layers(
+    graph: &Graph,
+    order: &[usize],
+    layers: &HashMap<usize, usize>,
+) -> Vec<Option<Option<usize>>> {
+    let nodes = graph.nodes();
+    let mut out: Vec<Option<Option<usize>>> = vec![None; nodes.len()];
+    for &id in order {
+        let node = &nodes[id];
+        if node.op == "Placeholder" || node.op == "PlaceholderWithDefault" {
+            out[id] = Some(None);
+            continue;
+        }
+        let from = node
+            .data_inputs()
+            .filter_map(|t| graph.id(&t.node))
+            .find_map(|p| out[p]);
+        if let Some(upstream) = from {
+            out[id] = Some(layers.get(&id).copied().or(upstream));
+        }
+    }
+    out
+}
+
+/// Where a parameter is used.
+struct Use {
+    /// The layer it belongs to (see the module docs).
+    layer: Option<usize>,
+    /// Fed to a batch norm as its mean or variance.
+    statistic: bool,
+}
+
+/// Follows a parameter's consumers (breadth first, leaving out updates and
+/// gradient ops) to the first node that also takes an activation; the
+/// parameter belongs to that activation's layer. This finds the conv of
+/// its weights, the conv before a bias or batch norm, and the conv before
+/// a batch norm lowered to element-wise ops on constants.
+fn find_use(
     graph: &Graph,
     consumers: &[Vec<(usize, usize)>],
-    layers: &HashMap<usize, usize>,
+    active: &[Option<Option<usize>>],
     param: usize,
-) -> Option<usize> {
+) -> Use {
     let nodes = graph.nodes();
-    // The first forward use, following pass-through ops.
+    let mut seen = vec![param];
     let mut frontier = vec![param];
-    let mut user = None;
-    'search: for _ in 0..8 {
+    for _ in 0..16 {
         let mut next = vec![];
         for &n in &frontier {
-            for &(c, _) in &consumers[n] {
+            for &(c, i) in &consumers[n] {
                 let node = &nodes[c];
-                if is_update(node) || is_backward(node) {
+                if is_update(node) || is_backward(node) || seen.contains(&c) {
                     continue;
                 }
-                if PASS_THROUGH.contains(&node.op.as_str()) {
-                    next.push(c);
-                } else {
-                    user = Some(c);
-                    break 'search;
+                if let Some(layer) = active[c] {
+                    let statistic = node.op.starts_with("FusedBatchNorm") && (i == 3 || i == 4);
+                    return Use { layer, statistic };
                 }
+                seen.push(c);
+                next.push(c);
             }
         }
         frontier = next;
     }
-    // Up the first data input to the nearest layer op.
-    let mut at = user?;
-    for _ in 0..64 {
-        if let Some(&l) = layers.get(&at) {
-            return Some(l);
-        }
-        let first = nodes[at].data_inputs().next()?;
-        at = graph.id(&first.node)?;
+    Use {
+        layer: None,
+        statistic: false,
     }
-    None
 }
 
 /// Every data input names an existing output port.

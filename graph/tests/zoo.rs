@@ -85,11 +85,23 @@ fn expected_mobilenet(alpha: f64, res: usize, classes: usize, standard: bool) ->
                 kernel: [3, 3, c, 1],
                 macs: (h * h * 9 * c) as u64,
             });
-            v.push(conv(format!("MobilenetV1/Conv2d_{i}_pointwise"), h, 1, c, out));
+            v.push(conv(
+                format!("MobilenetV1/Conv2d_{i}_pointwise"),
+                h,
+                1,
+                c,
+                out,
+            ));
         }
         c = out;
     }
-    v.push(conv("MobilenetV1/Logits/Conv2d_1c_1x1".into(), 1, 1, c, classes));
+    v.push(conv(
+        "MobilenetV1/Logits/Conv2d_1c_1x1".into(),
+        1,
+        1,
+        c,
+        classes,
+    ));
     v
 }
 
@@ -113,7 +125,14 @@ fn check_layers(m: &Model, want: &[Expected]) {
 
 #[test]
 fn mobilenet_shapes_through_the_network() {
-    for (alpha, res) in [(1.0, 32), (0.5, 24), (0.25, 16), (0.75, 224), (0.3, 8), (1.0, 33)] {
+    for (alpha, res) in [
+        (1.0, 32),
+        (0.5, 24),
+        (0.25, 16),
+        (0.75, 224),
+        (0.3, 8),
+        (1.0, 33),
+    ] {
         for training in [false, true] {
             let m = mobilenet(alpha, res, 10, training);
             check_layers(&m, &expected_mobilenet(alpha as f64, res, 10, false));
@@ -152,7 +171,15 @@ fn mobilenet_counts_match_published_figures() {
         assert!(rel < tol, "{got} vs published {want} ({rel:.4})");
     };
     for (alpha, res, macs, params, hand_macs, hand_params, bn) in [
-        (1.0, 224, 569e6, 4.2e6, 568_740_352u64, 4_210_088u64, 10_944u64),
+        (
+            1.0,
+            224,
+            569e6,
+            4.2e6,
+            568_740_352u64,
+            4_210_088u64,
+            10_944u64,
+        ),
         (0.5, 160, 76e6, 1.32e6, 76_524_800, 1_320_648, 5_472),
     ] {
         let m = mobilenet(alpha, res, 1000, false);
@@ -257,7 +284,10 @@ fn mobilenet_uses_tf_slim_names() {
             "MobilenetV1/Logits/Conv2d_1c_1x1/weights/Initializer/random_uniform/RandomUniform",
             "RandomUniform",
         ),
-        ("MobilenetV1/Conv2d_0/BatchNorm/gamma/Initializer/ones", "Const"),
+        (
+            "MobilenetV1/Conv2d_0/BatchNorm/gamma/Initializer/ones",
+            "Const",
+        ),
         ("init", "NoOp"),
     ] {
         let n = g.node(node).unwrap_or_else(|| panic!("{node} missing"));
@@ -371,12 +401,11 @@ fn training_variant_updates_moving_statistics() {
         "RandomUniform"
     );
     let kp = g.node(&format!("{d}/keep_prob")).unwrap();
-    let kp = psflow_graph::tensor_proto::tensor_from_proto("kp", kp.attrs["value"].as_tensor().unwrap())
-        .unwrap();
+    let kp =
+        psflow_graph::tensor_proto::tensor_from_proto("kp", kp.attrs["value"].as_tensor().unwrap())
+            .unwrap();
     assert_eq!(kp.f32s("t").unwrap(), &[0.999]);
-    let conv = g
-        .node("MobilenetV1/Logits/Conv2d_1c_1x1/Conv2D")
-        .unwrap();
+    let conv = g.node("MobilenetV1/Logits/Conv2d_1c_1x1/Conv2D").unwrap();
     assert_eq!(conv.inputs[0].to_string(), format!("{d}/mul"));
     // Same counts as inference (dropout has no multiply-adds).
     let s = summary(&m);
@@ -566,7 +595,14 @@ fn resnet_names_and_shapes() {
     assert_eq!(*names.last().unwrap(), "resnet_v1_18/logits");
     // 1 + 8 × 2 convs + 3 shortcuts + logits.
     assert_eq!(names.len(), 21);
-    let out = |n: &str| s.layers.iter().find(|l| l.name == n).unwrap().output.clone();
+    let out = |n: &str| {
+        s.layers
+            .iter()
+            .find(|l| l.name == n)
+            .unwrap()
+            .output
+            .clone()
+    };
     assert_eq!(out("resnet_v1_18/conv1"), vec![1, 32, 32, 64]);
     assert_eq!(
         out("resnet_v1_18/block4/unit_2/basic_v1/conv2"),
@@ -609,10 +645,22 @@ fn frozen_tensorflow_mobilenet_counts_like_ours() {
         assert_eq!(s.macs, ours.macs, "{file}");
         assert_eq!(s.params, ours.params, "{file}");
         assert_eq!(s.layers.len(), ours.layers.len(), "{file}");
+        assert_eq!(s.unattributed_params, 0, "{file}");
         for (a, b) in s.layers.iter().zip(&ours.layers) {
             assert_eq!(a.output, b.output, "{file} {}", a.name);
             assert_eq!(a.kernel, b.kernel, "{file} {}", a.name);
+            assert_eq!(a.params, b.params, "{file} {}", a.name);
+            assert_eq!(a.macs, b.macs, "{file} {}", a.name);
         }
+        // FusedBatchNormV3's mean and variance inputs are statistics; the
+        // Keras 3 graph lowers batch norm to element-wise ops, so all its
+        // constants look trainable.
+        let trainable = if file.contains("fusedbn") {
+            ours.trainable_params
+        } else {
+            ours.params
+        };
+        assert_eq!(s.trainable_params, trainable, "{file}");
         assert_eq!(s.inputs.len(), 1);
         assert_eq!(s.inputs[0].name, "input");
     }

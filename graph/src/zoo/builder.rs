@@ -61,10 +61,7 @@ fn fans(shape: &[usize]) -> (f64, f64) {
         _ => {
             let r = shape.len();
             let field: usize = shape[..r - 2].iter().product();
-            (
-                (field * shape[r - 2]) as f64,
-                (field * shape[r - 1]) as f64,
-            )
+            ((field * shape[r - 2]) as f64, (field * shape[r - 1]) as f64)
         }
     }
 }

@@ -127,10 +127,7 @@ impl MobileNetConfig {
             ConvKind::Separable => "",
             ConvKind::Standard => "_standard",
         };
-        format!(
-            "mobilenet_v1_{:.2}_{}{suffix}",
-            self.alpha, self.resolution
-        )
+        format!("mobilenet_v1_{:.2}_{}{suffix}", self.alpha, self.resolution)
     }
 }
 
@@ -183,7 +180,9 @@ pub fn mobilenet_v1(cfg: &MobileNetConfig) -> Result<Model, ConfigError> {
         })
     });
     let predictions = b.scope(SCOPE, |b| {
-        b.scope("Predictions", |b| b.op_f32("Softmax", "Softmax", &[&logits], vec![]))
+        b.scope("Predictions", |b| {
+            b.op_f32("Softmax", "Softmax", &[&logits], vec![])
+        })
     });
     let init = b.add_init_op("init");
     let io = ModelIo {
