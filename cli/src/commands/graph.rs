@@ -35,7 +35,7 @@ pub struct BuildArgs {
     #[arg(long, value_parser = parse_arch)]
     pub model: Architecture,
     /// MobileNet width multiplier, in (0, 1].
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub alpha: f32,
     /// Input height and width (at least 8).
     #[arg(long, default_value_t = 32)]
