@@ -393,16 +393,15 @@ fn summary_json(path: &Path, s: &Summary) -> Value {
 }
 
 /// 1234567 → "1,234,567".
-fn group(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
+fn group(mut n: u64) -> String {
+    let mut parts = vec![];
+    while n >= 1000 {
+        parts.push(format!("{:03}", n % 1000));
+        n /= 1000;
     }
-    out
+    parts.push(n.to_string());
+    parts.reverse();
+    parts.join(",")
 }
 
 /// 11596288 → "11.60 M".
