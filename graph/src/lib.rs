@@ -19,6 +19,7 @@ pub mod prune;
 pub mod registry;
 pub mod shape;
 pub mod tensor_proto;
+pub mod train;
 pub mod validate;
 
 pub use error::{Error, Result};
