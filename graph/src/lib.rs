@@ -20,6 +20,7 @@ pub mod registry;
 pub mod shape;
 pub mod summary;
 pub mod tensor_proto;
+pub mod train;
 pub mod validate;
 pub mod zoo;
 
