@@ -665,3 +665,261 @@ fn frozen_tensorflow_mobilenet_counts_like_ours() {
         assert_eq!(s.inputs[0].name, "input");
     }
 }
+
+fn random_images(n: usize, res: usize, seed: u64) -> psflow_graph::Tensor {
+    let mut s = seed;
+    let v: Vec<f32> = (0..n * res * res * 3)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    psflow_graph::Tensor::new(vec![n, res, res, 3], v).unwrap()
+}
+
+fn mean_std(v: &[f32]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let var = v.iter().map(|&x| (x as f64 - m).powi(2)).sum::<f64>() / n;
+    (m, var.sqrt())
+}
+
+/// The inference graph runs in a Session once `init` has run: variables
+/// hold what their initialisers say, predictions are probabilities, and
+/// the same seed gives the same weights.
+#[test]
+fn inference_graph_runs_after_init() {
+    use psflow_graph::Session;
+    let m = mobilenet(0.25, 16, 10, false);
+    let session = Session::new(m.graph.clone()).unwrap();
+    session.run(&[], &[], &[m.init.clone()]).unwrap();
+    let res = session.resources();
+    // Besides the variables, each random op keeps its run counter there.
+    let vars = res
+        .names()
+        .into_iter()
+        .filter(|n| !n.ends_with("/rng_counter"))
+        .count();
+    assert_eq!(vars, m.variables.len());
+    for v in &m.variables {
+        let t = res
+            .get(&v.name)
+            .unwrap_or_else(|| panic!("{} uninitialised", v.name));
+        assert_eq!(t.shape(), &v.shape[..], "{}", v.name);
+        let x = t.f32s("test").unwrap();
+        let last = v.name.rsplit('/').next().unwrap();
+        match last {
+            "gamma" | "moving_variance" => assert!(x.iter().all(|&x| x == 1.0), "{}", v.name),
+            "beta" | "moving_mean" | "biases" => {
+                assert!(x.iter().all(|&x| x == 0.0), "{}", v.name)
+            }
+            _ if v.name.contains("Logits") => {
+                // Glorot uniform: limit sqrt(6 / (256 + 10)).
+                let limit = (6.0f32 / 266.0).sqrt();
+                assert!(x.iter().all(|&x| x.abs() <= limit), "{}", v.name);
+                let (_, sd) = mean_std(x);
+                let want = limit as f64 / 3f64.sqrt();
+                assert!((sd - want).abs() < 0.1 * want, "{} sd {sd}", v.name);
+            }
+            _ => {
+                // Truncated normal sigma 0.09: within 2 sigma, sd 0.0792.
+                assert!(x.iter().all(|&x| x.abs() <= 0.18), "{}", v.name);
+                if x.len() >= 4096 {
+                    let (mean, sd) = mean_std(x);
+                    assert!(mean.abs() < 0.01, "{} mean {mean}", v.name);
+                    assert!((sd - 0.0792).abs() < 0.004, "{} sd {sd}", v.name);
+                }
+            }
+        }
+    }
+    let images = random_images(3, 16, 5);
+    let out = session
+        .run(
+            &[(m.input.clone(), images.clone())],
+            &[m.logits.clone(), m.predictions.clone()],
+            &[],
+        )
+        .unwrap();
+    assert_eq!(out[0].shape(), &[3, 10]);
+    let p = out[1].f32s("test").unwrap();
+    for row in p.chunks(10) {
+        let sum: f32 = row.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-5, "{row:?}");
+    }
+    let logits = out[0].f32s("test").unwrap();
+    assert!(logits.iter().all(|x| x.is_finite()));
+    assert!(logits.iter().any(|&x| x != logits[0]), "{logits:?}");
+
+    // Another session of the same graph initialises the same weights.
+    let again = Session::new(m.graph.clone()).unwrap();
+    again.run(&[], &[], &[m.init.clone()]).unwrap();
+    let w = "MobilenetV1/Conv2d_3_pointwise/weights";
+    assert_eq!(again.resources().get(w), res.get(w));
+    let out2 = again
+        .run(&[(m.input.clone(), images)], &[m.logits.clone()], &[])
+        .unwrap();
+    assert_eq!(out2[0], out[0]);
+}
+
+/// The training forward graph runs: batch statistics normalise, the
+/// moving-average assigns move the moving statistics by 1 - decay toward
+/// the batch's, and dropout keeps or zeroes each value (scaled by 1/keep).
+#[test]
+fn training_graph_runs_and_updates_moving_statistics() {
+    use psflow_graph::{Session, Tensor};
+    let m = mobilenet_v1(&MobileNetConfig {
+        alpha: 0.25,
+        resolution: 16,
+        classes: 10,
+        training: true,
+        dropout_keep_prob: 0.5,
+        ..MobileNetConfig::default()
+    })
+    .unwrap();
+    let session = Session::new(m.graph.clone()).unwrap();
+    session.run(&[], &[], &[m.init.clone()]).unwrap();
+    let images = random_images(4, 16, 9);
+    let labels = Tensor::new(vec![4], vec![1i32, 2, 3, 4]).unwrap();
+    let conv0 = TensorName::new("MobilenetV1/Conv2d_0/Conv2D", 0);
+    let pool = TensorName::new("MobilenetV1/Logits/global_pool", 0);
+    let dropped = TensorName::new("MobilenetV1/Logits/Dropout_1b/dropout/mul", 0);
+    let out = session
+        .run(
+            &[
+                (m.input.clone(), images),
+                (m.labels.clone().unwrap(), labels),
+            ],
+            &[conv0, pool, dropped, m.logits.clone()],
+            &m.moving_average_updates,
+        )
+        .unwrap();
+    assert_eq!(out[3].shape(), &[4, 10]);
+    // Conv2d_0's moving mean: 0.99 * 0 + 0.01 * batch mean per channel.
+    let x = out[0].f32s("test").unwrap();
+    let c = 8;
+    let n = (x.len() / c) as f64;
+    let mm = session
+        .resources()
+        .get("MobilenetV1/Conv2d_0/BatchNorm/moving_mean")
+        .unwrap();
+    let mv = session
+        .resources()
+        .get("MobilenetV1/Conv2d_0/BatchNorm/moving_variance")
+        .unwrap();
+    for ch in 0..c {
+        let vals: Vec<f64> = x.iter().skip(ch).step_by(c).map(|&v| v as f64).collect();
+        let mean = vals.iter().sum::<f64>() / n;
+        let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        let got_m = mm.f32s("t").unwrap()[ch] as f64;
+        let got_v = mv.f32s("t").unwrap()[ch] as f64;
+        assert!(
+            (got_m - 0.01 * mean).abs() < 1e-6,
+            "ch {ch}: {got_m} vs {mean}"
+        );
+        // Bessel-corrected batch variance, as TF's FusedBatchNormV3.
+        assert!(
+            (got_v - (0.99 + 0.01 * var)).abs() < 1e-5,
+            "ch {ch}: {got_v} vs {var}"
+        );
+    }
+    // Dropout with keep 0.5: each value is 0 or doubled, some of each.
+    let pooled = out[1].f32s("test").unwrap();
+    let d = out[2].f32s("test").unwrap();
+    let (mut kept, mut zeroed) = (0, 0);
+    for (&p, &q) in pooled.iter().zip(d) {
+        if q == 0.0 {
+            zeroed += 1;
+        } else {
+            assert!((q - 2.0 * p).abs() <= 1e-6 * p.abs().max(1.0), "{q} vs {p}");
+            kept += 1;
+        }
+    }
+    assert!(kept > 0 && zeroed > 0, "kept {kept}, zeroed {zeroed}");
+}
+
+/// ResNets and the standard-conv MobileNet run too (residual adds,
+/// shortcuts, stride-2 units at a tiny resolution).
+#[test]
+fn other_models_run() {
+    use psflow_graph::Session;
+    let models = [
+        resnet(ResNetDepth::R18, 8, 5, false),
+        resnet(ResNetDepth::R50, 8, 5, true),
+        mobilenet_v1(&MobileNetConfig {
+            alpha: 0.25,
+            resolution: 8,
+            classes: 5,
+            conv: ConvKind::Standard,
+            ..MobileNetConfig::default()
+        })
+        .unwrap(),
+    ];
+    for m in models {
+        let session = Session::new(m.graph.clone()).unwrap();
+        session.run(&[], &[], &[m.init.clone()]).unwrap();
+        let mut feeds = vec![(m.input.clone(), random_images(2, 8, 3))];
+        if let Some(l) = &m.labels {
+            feeds.push((
+                l.clone(),
+                psflow_graph::Tensor::new(vec![2], vec![0i32, 4]).unwrap(),
+            ));
+        }
+        let out = session
+            .run(&feeds, &[m.predictions.clone()], &m.moving_average_updates)
+            .unwrap();
+        assert_eq!(out[0].shape(), &[2, 5], "{}", m.name);
+        let p = out[0].f32s("test").unwrap();
+        assert!(p.iter().all(|x| x.is_finite() && *x >= 0.0), "{}", m.name);
+    }
+}
+
+/// Gradient ops in a graph count as backward multiply-adds, not layers.
+#[test]
+fn summary_separates_gradient_ops() {
+    use psflow_graph::{AttrValue, Node};
+    let m = mobilenet(0.25, 16, 10, false);
+    let before = summary(&m);
+    let mut g = m.graph.clone();
+    let conv = "MobilenetV1/Conv2d_1_pointwise/Conv2D";
+    let w = "MobilenetV1/Conv2d_1_pointwise/weights/Read/ReadVariableOp";
+    let sizes = psflow_graph::tensor_proto::tensor_to_proto(
+        &psflow_graph::Tensor::new(vec![4], vec![1i32, 8, 8, 8]).unwrap(),
+    );
+    let f32_t = AttrValue::from_type(psflow_proto::tensorflow::DataType::DtFloat);
+    g.add(
+        Node::new("gradients/sizes", "Const")
+            .attr(
+                "dtype",
+                AttrValue::from_type(psflow_proto::tensorflow::DataType::DtInt32),
+            )
+            .attr("value", AttrValue::from_tensor(sizes)),
+    )
+    .unwrap();
+    g.add(
+        Node::new(
+            "gradients/Conv2D_grad/Conv2DBackpropInput",
+            "Conv2DBackpropInput",
+        )
+        .input("gradients/sizes")
+        .input(w)
+        .input(conv)
+        .attr("T", f32_t)
+        .attr("strides", AttrValue::from_ints(vec![1, 1, 1, 1]))
+        .attr("padding", AttrValue::from_s("SAME")),
+    )
+    .unwrap();
+    let after = summarize(&g).unwrap();
+    assert_eq!(after.layers, before.layers);
+    assert_eq!(after.macs, before.macs);
+    let pointwise = before
+        .layers
+        .iter()
+        .find(|l| l.node == conv)
+        .unwrap()
+        .macs
+        .unwrap();
+    assert_eq!(pointwise, 8 * 8 * 8 * 16);
+    assert_eq!(after.backward_macs, pointwise);
+}
