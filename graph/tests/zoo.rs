@@ -365,8 +365,7 @@ fn training_variant_updates_moving_statistics() {
     assert_eq!(bns.len(), 27);
     for n in &bns {
         assert_eq!(n.attrs["is_training"].as_b(), Some(true));
-        let f = n.attrs["exponential_avg_factor"].as_f().unwrap();
-        assert!((f - 0.01).abs() < 1e-7, "{f}");
+        assert_eq!(n.attrs["exponential_avg_factor"].as_f(), Some(0.01));
         assert_eq!(n.attrs["epsilon"].as_f(), Some(0.001));
     }
     assert_eq!(m.moving_average_updates.len(), 54);
@@ -694,7 +693,9 @@ fn inference_graph_runs_after_init() {
     use psflow_graph::Session;
     let m = mobilenet(0.25, 16, 10, false);
     let session = Session::new(m.graph.clone()).unwrap();
-    session.run(&[], &[], &[m.init.clone()]).unwrap();
+    session
+        .run(&[], &[], std::slice::from_ref(&m.init))
+        .unwrap();
     let res = session.resources();
     // Besides the variables, each random op keeps its run counter there.
     let vars = res
@@ -754,11 +755,15 @@ fn inference_graph_runs_after_init() {
 
     // Another session of the same graph initialises the same weights.
     let again = Session::new(m.graph.clone()).unwrap();
-    again.run(&[], &[], &[m.init.clone()]).unwrap();
+    again.run(&[], &[], std::slice::from_ref(&m.init)).unwrap();
     let w = "MobilenetV1/Conv2d_3_pointwise/weights";
     assert_eq!(again.resources().get(w), res.get(w));
     let out2 = again
-        .run(&[(m.input.clone(), images)], &[m.logits.clone()], &[])
+        .run(
+            &[(m.input.clone(), images)],
+            std::slice::from_ref(&m.logits),
+            &[],
+        )
         .unwrap();
     assert_eq!(out2[0], out[0]);
 }
@@ -779,7 +784,9 @@ fn training_graph_runs_and_updates_moving_statistics() {
     })
     .unwrap();
     let session = Session::new(m.graph.clone()).unwrap();
-    session.run(&[], &[], &[m.init.clone()]).unwrap();
+    session
+        .run(&[], &[], std::slice::from_ref(&m.init))
+        .unwrap();
     let images = random_images(4, 16, 9);
     let labels = Tensor::new(vec![4], vec![1i32, 2, 3, 4]).unwrap();
     let conv0 = TensorName::new("MobilenetV1/Conv2d_0/Conv2D", 0);
@@ -858,7 +865,9 @@ fn other_models_run() {
     ];
     for m in models {
         let session = Session::new(m.graph.clone()).unwrap();
-        session.run(&[], &[], &[m.init.clone()]).unwrap();
+        session
+            .run(&[], &[], std::slice::from_ref(&m.init))
+            .unwrap();
         let mut feeds = vec![(m.input.clone(), random_images(2, 8, 3))];
         if let Some(l) = &m.labels {
             feeds.push((
@@ -867,7 +876,11 @@ fn other_models_run() {
             ));
         }
         let out = session
-            .run(&feeds, &[m.predictions.clone()], &m.moving_average_updates)
+            .run(
+                &feeds,
+                std::slice::from_ref(&m.predictions),
+                &m.moving_average_updates,
+            )
             .unwrap();
         assert_eq!(out[0].shape(), &[2, 5], "{}", m.name);
         let p = out[0].f32s("test").unwrap();

@@ -17,7 +17,9 @@ use crate::AttrValue;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BatchNorm {
     pub epsilon: f32,
-    pub decay: f32,
+    /// f64 so that `1 - decay` is computed as TensorFlow's Python does
+    /// (0.99 gives an `exponential_avg_factor` of exactly 0.01f32).
+    pub decay: f64,
     pub training: bool,
 }
 
@@ -124,7 +126,11 @@ impl GraphBuilder {
                 let beta = b.variable("beta", &[c], Init::ZEROS, VarKind::TRAINED);
                 let mean = b.variable("moving_mean", &[c], Init::ZEROS, VarKind::STATISTIC);
                 let var = b.variable("moving_variance", &[c], Init::ONES, VarKind::STATISTIC);
-                let factor = if bn.training { 1.0 - bn.decay } else { 1.0 };
+                let factor = if bn.training {
+                    (1.0 - bn.decay) as f32
+                } else {
+                    1.0
+                };
                 let y = b.op_f32(
                     "FusedBatchNormV3",
                     "FusedBatchNormV3",
