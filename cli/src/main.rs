@@ -44,6 +44,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Build model graphs and count their parameters and multiply-adds.
+    #[command(subcommand)]
+    Graph(commands::graph::GraphCommand),
     /// Measure psflow's kernels and programs.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -111,6 +114,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 }
             }
         }
+        Command::Graph(cmd) => commands::graph::dispatch(cmd),
         Command::Bench(BenchCommand::Kernels {
             batch,
             repeats,

@@ -18,8 +18,11 @@ mod ir;
 pub mod prune;
 pub mod registry;
 pub mod shape;
+pub mod summary;
 pub mod tensor_proto;
+pub mod train;
 pub mod validate;
+pub mod zoo;
 
 pub use error::{Error, Result};
 pub use executor::{PlaceholderInfo, ResourceStore, Session};

@@ -1,3 +1,4 @@
 //! Client commands, one module each.
 
+pub mod graph;
 pub mod run;

@@ -9,6 +9,10 @@
 mod array;
 mod math;
 mod nn;
+mod random;
+mod state;
+
+pub use state::{resource_handle, resource_name, variable_key};
 
 use std::collections::BTreeMap;
 
@@ -207,6 +211,8 @@ impl Registry {
         array::register(&mut r);
         math::register(&mut r);
         nn::register(&mut r);
+        state::register(&mut r);
+        random::register(&mut r);
         r
     }
 

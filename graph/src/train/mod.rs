@@ -1,0 +1,4 @@
+//! Training: optimizers and learning-rate schedules.
+
+pub mod optimizer;
+pub mod schedule;
