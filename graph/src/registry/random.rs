@@ -77,7 +77,8 @@ fn splitmix64(mut x: u64) -> u64 {
 
 /// The Philox key of one run of an op seeded (seed, seed2).
 fn run_key(seed: u64, seed2: u64, run: u64) -> u64 {
-    splitmix64(splitmix64(splitmix64(seed) ^ seed2) ^ run)
+    let seeds = splitmix64(seed) ^ splitmix64(seed2 ^ 0x6A09_E667_F3BC_C908).rotate_left(17);
+    splitmix64(splitmix64(seeds) ^ run)
 }
 
 /// The 4 words of block `block` of attempt `attempt`.
@@ -213,10 +214,12 @@ impl Seeds {
             node.attr_int_or("seed2", 0)? as u64,
         );
         if seed == 0 && seed2 == 0 {
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write(node.name.as_bytes());
-            seed = h.finish();
-            seed2 = splitmix64(seed);
+            let os_random = || {
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write(node.name.as_bytes());
+                h.finish()
+            };
+            (seed, seed2) = (os_random(), os_random());
         }
         Ok(Seeds {
             seed,

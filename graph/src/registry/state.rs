@@ -338,6 +338,10 @@ fn var_is_initialized(node: &Node) -> Built {
 
 // ------------------------------------------------------------- updates --
 
+/// An update over (variable, slots…), scalar hyper-parameters in the
+/// spec's order, the gradient and `use_nesterov`.
+type UpdateFn = fn(&mut [Vec<f32>], &[f32], &[f32], bool) -> psflow_kernels::Result<()>;
+
 /// The inputs of one ResourceApply op: `vars` resource handles first (the
 /// variable, then its slots), scalar hyper-parameters at `scalars`, the
 /// gradient at `grad`.
@@ -346,7 +350,7 @@ struct ApplySpec {
     vars: &'static [&'static str],
     scalars: &'static [(usize, &'static str)],
     grad: usize,
-    update: fn(&mut [Vec<f32>], &[f32], &[f32], bool) -> psflow_kernels::Result<()>,
+    update: UpdateFn,
 }
 
 const APPLY_OPS: &[ApplySpec] = &[

@@ -472,4 +472,46 @@ mod tests {
         });
         assert!(bad.validate().is_err());
     }
+
+    #[test]
+    fn configs_read_from_json_with_defaults() {
+        let o: Optimizer = serde_json::from_str(r#"{"kind": "rmsprop"}"#).unwrap();
+        assert_eq!(o, Optimizer::default());
+        let o: Optimizer =
+            serde_json::from_str(r#"{"kind": "rmsprop", "epsilon": 0.5, "centered": true}"#)
+                .unwrap();
+        assert_eq!(
+            o,
+            Optimizer::RmsProp(RmsPropConfig {
+                epsilon: 0.5,
+                centered: true,
+                ..Default::default()
+            })
+        );
+        let o: Optimizer = serde_json::from_str(r#"{"kind": "adam", "beta2": 0.99}"#).unwrap();
+        assert_eq!(
+            o,
+            Optimizer::Adam(AdamConfig {
+                beta2: 0.99,
+                ..Default::default()
+            })
+        );
+        let o: Optimizer = serde_json::from_str(r#"{"kind": "sgd"}"#).unwrap();
+        assert_eq!(o, Optimizer::Sgd(SgdConfig {}));
+        for o in [
+            Optimizer::default(),
+            Optimizer::Momentum(MomentumConfig::default()),
+            Optimizer::Sgd(SgdConfig {}),
+            Optimizer::Adam(AdamConfig::default()),
+        ] {
+            let back: Optimizer =
+                serde_json::from_str(&serde_json::to_string(&o).unwrap()).unwrap();
+            assert_eq!(back, o);
+        }
+        let err = serde_json::from_str::<Optimizer>(r#"{"kind": "rmsprop", "rho": 0.9}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rho"), "{err}");
+        assert!(serde_json::from_str::<Optimizer>(r#"{"kind": "adagrad"}"#).is_err());
+    }
 }

@@ -302,4 +302,30 @@ mod tests {
         });
         assert!(bad.validate().is_err());
     }
+
+    #[test]
+    fn configs_read_from_json_with_defaults() {
+        let s: LrSchedule = serde_json::from_str(r#"{"kind": "exponential_decay"}"#).unwrap();
+        assert_eq!(s, LrSchedule::default());
+        let s: LrSchedule =
+            serde_json::from_str(r#"{"kind": "cosine", "initial": 0.1, "warmup_epochs": 1}"#)
+                .unwrap();
+        assert_eq!(
+            s,
+            LrSchedule::Cosine(CosineDecay {
+                initial: 0.1,
+                warmup_epochs: 1.0,
+                ..Default::default()
+            })
+        );
+        let s: LrSchedule = serde_json::from_str(r#"{"kind": "constant", "lr": 0.5}"#).unwrap();
+        assert_eq!(s, LrSchedule::Constant(ConstantLr { lr: 0.5 }));
+        let back: LrSchedule =
+            serde_json::from_str(&serde_json::to_string(&LrSchedule::default()).unwrap()).unwrap();
+        assert_eq!(back, LrSchedule::default());
+        let err = serde_json::from_str::<LrSchedule>(r#"{"kind": "constant", "rate": 1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rate"), "{err}");
+    }
 }
