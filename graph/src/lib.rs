@@ -9,6 +9,7 @@
 //! - [`format::npy`]: `.npy` tensors in and out.
 
 mod attrs;
+pub mod autodiff;
 pub mod dtype;
 mod error;
 pub mod executor;
@@ -19,8 +20,10 @@ pub mod prune;
 pub mod registry;
 pub mod shape;
 pub mod tensor_proto;
+pub mod train;
 pub mod validate;
 
+pub use autodiff::gradients;
 pub use error::{Error, Result};
 pub use executor::{PlaceholderInfo, ResourceStore, Session};
 pub use ir::{Graph, Input, Node, TensorName};

@@ -7,11 +7,13 @@
 //! per-session state through [`OpContext::resources`].
 
 mod array;
+mod grad_ops;
 mod math;
 mod nn;
 
 use std::collections::BTreeMap;
 
+pub use grad_ops::broadcast_reduction_axes;
 use psflow_kernels::{DType, Tensor};
 
 use crate::executor::ResourceStore;
@@ -207,6 +209,7 @@ impl Registry {
         array::register(&mut r);
         math::register(&mut r);
         nn::register(&mut r);
+        grad_ops::register(&mut r);
         r
     }
 
