@@ -107,12 +107,11 @@ pub(super) fn binary(c: &mut GradCtx) -> Grads {
     let (ix, iy) = (c.in_info[0].clone(), c.in_info[1].clone());
     let shx = c.e.shape_of(&x, &ix)?;
     let shy = c.e.shape_of(&y, &iy)?;
-    let args = c
-        .e
-        .node("BroadcastGradientArgs", "BroadcastGradientArgs")
-        .input(shx.clone())
-        .input(shy.clone())
-        .attr("T", type_attr(DType::I32));
+    let args =
+        c.e.node("BroadcastGradientArgs", "BroadcastGradientArgs")
+            .input(shx.clone())
+            .input(shy.clone())
+            .attr("T", type_attr(DType::I32));
     let args = c.e.add(args)?;
     let mut out = vec![None, None];
     for (i, sh) in [shx, shy].into_iter().enumerate() {
@@ -149,21 +148,19 @@ pub(super) fn reduction(c: &mut GradCtx) -> Grads {
                 let zero = c.e.ints("Const", &[0])?;
                 let mut counts = vec![];
                 for (k, s) in [sx, sy].into_iter().enumerate() {
-                    let p = c
-                        .e
-                        .node(&format!("Prod{}", if k == 0 { "" } else { "_1" }), "Prod")
-                        .input(s)
-                        .input(zero.clone())
-                        .attr("keep_dims", AttrValue::from_b(false))
-                        .attr("T", type_attr(DType::I32))
-                        .attr("Tidx", type_attr(DType::I32));
+                    let p =
+                        c.e.node(&format!("Prod{}", if k == 0 { "" } else { "_1" }), "Prod")
+                            .input(s)
+                            .input(zero.clone())
+                            .attr("keep_dims", AttrValue::from_b(false))
+                            .attr("T", type_attr(DType::I32))
+                            .attr("Tidx", type_attr(DType::I32));
                     let p = c.e.add(p)?;
-                    let cast = c
-                        .e
-                        .node("Cast", "Cast")
-                        .input(p)
-                        .attr("SrcT", type_attr(DType::I32))
-                        .attr("DstT", type_attr(d));
+                    let cast =
+                        c.e.node("Cast", "Cast")
+                            .input(p)
+                            .attr("SrcT", type_attr(DType::I32))
+                            .attr("DstT", type_attr(d));
                     counts.push(c.e.add(cast)?);
                 }
                 let one = c.e.scalar("Const", d, 1.0)?;
@@ -200,12 +197,11 @@ pub(super) fn reduction(c: &mut GradCtx) -> Grads {
         g = c.e.reshape(&g, &target, t)?;
     }
     let shape = c.e.shape_of(&x, &xi)?;
-    let mut n = c
-        .e
-        .node("BroadcastTo", "BroadcastTo")
-        .input(g)
-        .input(shape)
-        .attr("Tidx", type_attr(DType::I32));
+    let mut n =
+        c.e.node("BroadcastTo", "BroadcastTo")
+            .input(g)
+            .input(shape)
+            .attr("Tidx", type_attr(DType::I32));
     if let Some(t) = t {
         n = n.attr("T", type_attr(t));
     }
@@ -232,7 +228,11 @@ pub(super) fn pad(c: &mut GradCtx) -> Grads {
     let g = c.grad(0)?;
     let t = c.dtype();
     let (x, xi) = (c.x(0).clone(), c.in_info[0].clone());
-    let begin = match c.in_info[1].value.as_ref().map(|v| v.to_i64_vec("paddings")) {
+    let begin = match c.in_info[1]
+        .value
+        .as_ref()
+        .map(|v| v.to_i64_vec("paddings"))
+    {
         Some(Ok(p)) => {
             let before: Vec<i64> = p.chunks(2).map(|c| c[0]).collect();
             c.e.ints("Const", &before)?
@@ -247,13 +247,12 @@ pub(super) fn pad(c: &mut GradCtx) -> Grads {
         }
     };
     let size = c.e.shape_of(&x, &xi)?;
-    let n = c
-        .e
-        .node("Slice_1", "Slice")
-        .input(g)
-        .input(begin)
-        .input(size)
-        .attr("Index", type_attr(DType::I32));
+    let n =
+        c.e.node("Slice_1", "Slice")
+            .input(g)
+            .input(begin)
+            .input(size)
+            .attr("Index", type_attr(DType::I32));
     let n = match t {
         Some(t) => n.attr("T", type_attr(t)),
         None => n,
@@ -274,8 +273,7 @@ pub(super) fn concat(c: &mut GradCtx) -> Grads {
         .as_ref()
         .and_then(|v| v.to_i64_vec("axis").ok())
         .and_then(|a| a.first().copied());
-    let shapes: Option<Vec<Vec<usize>>> =
-        (0..n).map(|i| c.in_info[i].shape.concrete()).collect();
+    let shapes: Option<Vec<Vec<usize>>> = (0..n).map(|i| c.in_info[i].shape.concrete()).collect();
     let mut offsets: Vec<Option<TensorName>> = vec![];
     let mut sizes: Vec<Option<TensorName>> = vec![];
     match (axis, shapes) {
@@ -302,11 +300,10 @@ pub(super) fn concat(c: &mut GradCtx) -> Grads {
                 let (x, xi) = (c.x(i).clone(), c.in_info[i].clone());
                 sizes.push(Some(c.e.shape_of(&x, &xi)?));
             }
-            let mut node = c
-                .e
-                .node("ConcatOffset", "ConcatOffset")
-                .input(c.x(n).clone())
-                .attr("N", AttrValue::from_i(n as i64));
+            let mut node =
+                c.e.node("ConcatOffset", "ConcatOffset")
+                    .input(c.x(n).clone())
+                    .attr("N", AttrValue::from_i(n as i64));
             for s in sizes.iter().flatten() {
                 node = node.input(s.clone());
             }
@@ -321,13 +318,12 @@ pub(super) fn concat(c: &mut GradCtx) -> Grads {
         let (true, Some(off), Some(size)) = (c.needed[i], &offsets[i], &sizes[i]) else {
             continue;
         };
-        let node = c
-            .e
-            .node("Slice", "Slice")
-            .input(g.clone())
-            .input(off.clone())
-            .input(size.clone())
-            .attr("Index", type_attr(DType::I32));
+        let node =
+            c.e.node("Slice", "Slice")
+                .input(g.clone())
+                .input(off.clone())
+                .input(size.clone())
+                .attr("Index", type_attr(DType::I32));
         let node = match t {
             Some(t) => node.attr("T", type_attr(t)),
             None => node,
@@ -360,12 +356,11 @@ pub(super) fn cast(c: &mut GradCtx) -> Grads {
     let dst = c.out_info[0].dtype;
     match (src, dst) {
         (Some(s), Some(d)) if s.is_float() && d.is_float() => {
-            let n = c
-                .e
-                .node("Cast", "Cast")
-                .input(g)
-                .attr("SrcT", type_attr(d))
-                .attr("DstT", type_attr(s));
+            let n =
+                c.e.node("Cast", "Cast")
+                    .input(g)
+                    .attr("SrcT", type_attr(d))
+                    .attr("DstT", type_attr(s));
             Ok(vec![Some(c.e.add(n)?)])
         }
         _ => Ok(vec![None]),

@@ -86,11 +86,7 @@ pub fn gradients(
         if g.len() != ys.len() {
             return Err(Error::InvalidNode {
                 node: String::new(),
-                detail: format!(
-                    "gradients: {} grad_ys given for {} ys",
-                    g.len(),
-                    ys.len()
-                ),
+                detail: format!("gradients: {} grad_ys given for {} ys", g.len(), ys.len()),
             });
         }
     }
@@ -152,9 +148,9 @@ pub fn gradients(
     for &id in &v.order {
         let node = &graph.nodes()[id];
         reached[id] = !blocks_gradient(&node.op)
-            && node.data_inputs().any(|t| {
-                x_set.contains(t) || reached[graph.id(&t.node).expect("validated")]
-            });
+            && node
+                .data_inputs()
+                .any(|t| x_set.contains(t) || reached[graph.id(&t.node).expect("validated")]);
     }
     let tensor_reached = |t: &TensorName| x_set.contains(t) || reached[ids[&t.node]];
     let mut useful = vec![false; n];
@@ -232,7 +228,10 @@ pub fn gradients(
                     "op {} has no gradient, and the node lies between the tensors \
                      differentiated ({}) and the ones differentiated with respect to",
                     node.op,
-                    ys.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
+                    ys.iter()
+                        .map(|t| t.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             });
         };

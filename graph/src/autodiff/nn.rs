@@ -87,10 +87,7 @@ pub(super) fn fused_batch_norm(c: &mut GradCtx) -> Grads {
 pub(super) fn relu(c: &mut GradCtx) -> Grads {
     let g = c.grad(0)?;
     let op = format!("{}Grad", c.node.op);
-    let n = c
-        .node_with(&op, &op, &["T"])
-        .input(g)
-        .input(c.y(0));
+    let n = c.node_with(&op, &op, &["T"]).input(g).input(c.y(0));
     Ok(vec![Some(c.e.add(n)?)])
 }
 
@@ -180,12 +177,11 @@ pub(super) fn sparse_xent(c: &mut GradCtx) -> Grads {
     let g = c.grad(0)?;
     let t = c.dtype();
     let dim = c.e.ints("ExpandDims/dim", &[-1])?;
-    let n = c
-        .e
-        .node("ExpandDims", "ExpandDims")
-        .input(g)
-        .input(dim)
-        .attr("Tdim", type_attr(psflow_kernels::DType::I32));
+    let n =
+        c.e.node("ExpandDims", "ExpandDims")
+            .input(g)
+            .input(dim)
+            .attr("Tdim", type_attr(psflow_kernels::DType::I32));
     let n = match t {
         Some(t) => n.attr("T", type_attr(t)),
         None => n,

@@ -40,8 +40,16 @@ pub fn broadcast_reduction_axes(
     let rank = x.len().max(y.len());
     let (mut rx, mut ry) = (vec![], vec![]);
     for i in 0..rank {
-        let dx = if i + x.len() >= rank { x[i + x.len() - rank] } else { 1 };
-        let dy = if i + y.len() >= rank { y[i + y.len() - rank] } else { 1 };
+        let dx = if i + x.len() >= rank {
+            x[i + x.len() - rank]
+        } else {
+            1
+        };
+        let dy = if i + y.len() >= rank {
+            y[i + y.len() - rank]
+        } else {
+            1
+        };
         if dx != dy && dx != 1 && dy != 1 {
             return Err(format!("shapes {x:?} and {y:?} cannot broadcast"));
         }
@@ -68,8 +76,7 @@ fn broadcast_gradient_args(node: &Node) -> Built {
     expect_inputs(node, 2)?;
     let t = int_dtype(node)?;
     let run = move |x: &[i64], y: &[i64]| {
-        broadcast_reduction_axes(x, y)
-            .map(|(rx, ry)| vec![int_tensor(rx, t), int_tensor(ry, t)])
+        broadcast_reduction_axes(x, y).map(|(rx, ry)| vec![int_tensor(rx, t), int_tensor(ry, t)])
     };
     FnKernel::boxed(
         2,
@@ -230,7 +237,10 @@ fn prod(node: &Node) -> Built {
                     (false, _) => Some(s[i]),
                 })
                 .collect();
-            let n_out: usize = (0..s.len()).filter(|&i| !reduced[i]).map(|i| s[i]).product();
+            let n_out: usize = (0..s.len())
+                .filter(|&i| !reduced[i])
+                .map(|i| s[i])
+                .product();
             // Output index of each input element: row-major over kept axes.
             let mut strides = vec![0usize; s.len()];
             let mut st = 1;
@@ -287,7 +297,10 @@ fn concat_offset(node: &Node) -> Built {
         let mut out = vec![];
         for (i, s) in shapes.iter().enumerate() {
             if s.len() != shapes[0].len() {
-                return Err(format!("shape {i} {s:?} has another rank than {:?}", shapes[0]));
+                return Err(format!(
+                    "shape {i} {s:?} has another rank than {:?}",
+                    shapes[0]
+                ));
             }
             let mut o = vec![0; s.len()];
             o[a as usize] = offset;
