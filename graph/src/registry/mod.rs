@@ -10,6 +10,10 @@ mod array;
 mod grad_ops;
 mod math;
 mod nn;
+mod random;
+mod state;
+
+pub use state::{resource_handle, resource_name, variable_key};
 
 use std::collections::BTreeMap;
 
@@ -210,6 +214,8 @@ impl Registry {
         math::register(&mut r);
         nn::register(&mut r);
         grad_ops::register(&mut r);
+        state::register(&mut r);
+        random::register(&mut r);
         r
     }
 

@@ -1,5 +1,7 @@
-//! Training graphs: losses, the full training graph builder, and (from the
-//! `trainops` side) optimizers and learning-rate schedules.
+//! Training: losses, optimizers, learning-rate schedules, and the builder
+//! that turns a model graph into a training graph.
 
 pub mod builder;
 pub mod loss;
+pub mod optimizer;
+pub mod schedule;

@@ -8,6 +8,7 @@ pub mod conv;
 pub mod depthwise;
 pub mod elementwise;
 pub mod matmul;
+pub mod optim;
 pub mod pool;
 pub mod reduce;
 pub mod shape_ops;
