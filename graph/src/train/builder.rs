@@ -92,9 +92,11 @@ fn read_of(graph: &mut Graph, v: &str) -> Result<TensorName> {
     if graph.node(&conventional).is_some() {
         return Ok(TensorName::new(conventional, 0));
     }
-    if let Some(n) = graph.nodes().iter().find(|n| {
-        n.op == "ReadVariableOp" && n.data_inputs().next().is_some_and(|t| t.node == v)
-    }) {
+    if let Some(n) = graph
+        .nodes()
+        .iter()
+        .find(|n| n.op == "ReadVariableOp" && n.data_inputs().next().is_some_and(|t| t.node == v))
+    {
         return Ok(TensorName::new(n.name.clone(), 0));
     }
     graph.add(
@@ -162,7 +164,10 @@ pub fn build_training_graph(
             Some(n) => {
                 return Err(Error::InvalidNode {
                     node: v.name.clone(),
-                    detail: format!("a trainable variable must be a VarHandleOp, this is {}", n.op),
+                    detail: format!(
+                        "a trainable variable must be a VarHandleOp, this is {}",
+                        n.op
+                    ),
                 })
             }
             None => {
@@ -181,7 +186,10 @@ pub fn build_training_graph(
     let reg = loss::regularization_loss(graph, &decayed, cfg.weight_decay)?;
     let total = loss::total_loss(graph, &xent, &reg)?;
 
-    let xs: Vec<TensorName> = vars.iter().map(|v| TensorName::new(v.name.clone(), 0)).collect();
+    let xs: Vec<TensorName> = vars
+        .iter()
+        .map(|v| TensorName::new(v.name.clone(), 0))
+        .collect();
     let grads = gradients(graph, std::slice::from_ref(&total), &xs, None)?;
     let mut pairs = vec![];
     for (v, g) in vars.iter().zip(grads) {
@@ -197,7 +205,10 @@ pub fn build_training_graph(
         graph.add(
             Node::new(lr_name, "Placeholder")
                 .attr("dtype", type_attr(DType::F32))
-                .attr("shape", AttrValue::from_shape(TensorShapeProto::from_dims(&[]))),
+                .attr(
+                    "shape",
+                    AttrValue::from_shape(TensorShapeProto::from_dims(&[])),
+                ),
         )?;
     }
     let lr = TensorName::new(lr_name, 0);
@@ -211,7 +222,10 @@ pub fn build_training_graph(
         graph.add(
             Node::new(gs, "VarHandleOp")
                 .attr("dtype", type_attr(DType::I64))
-                .attr("shape", AttrValue::from_shape(TensorShapeProto::from_dims(&[])))
+                .attr(
+                    "shape",
+                    AttrValue::from_shape(TensorShapeProto::from_dims(&[])),
+                )
                 .attr("shared_name", AttrValue::from_s(gs))
                 .attr("container", AttrValue::from_s("")),
         )?;
