@@ -9,6 +9,7 @@
 //! - [`format::npy`]: `.npy` tensors in and out.
 
 mod attrs;
+pub mod autodiff;
 pub mod dtype;
 mod error;
 pub mod executor;
@@ -24,6 +25,7 @@ pub mod train;
 pub mod validate;
 pub mod zoo;
 
+pub use autodiff::gradients;
 pub use error::{Error, Result};
 pub use executor::{PlaceholderInfo, ResourceStore, Session};
 pub use ir::{Graph, Input, Node, TensorName};

@@ -7,6 +7,7 @@
 //! per-session state through [`OpContext::resources`].
 
 mod array;
+mod grad_ops;
 mod math;
 mod nn;
 mod random;
@@ -16,6 +17,7 @@ pub use state::{resource_handle, resource_name, variable_key};
 
 use std::collections::BTreeMap;
 
+pub use grad_ops::broadcast_reduction_axes;
 use psflow_kernels::{DType, Tensor};
 
 use crate::executor::ResourceStore;
@@ -211,6 +213,7 @@ impl Registry {
         array::register(&mut r);
         math::register(&mut r);
         nn::register(&mut r);
+        grad_ops::register(&mut r);
         state::register(&mut r);
         random::register(&mut r);
         r

@@ -1,4 +1,7 @@
-//! Training: optimizers and learning-rate schedules.
+//! Training: losses, optimizers, learning-rate schedules, and the builder
+//! that turns a model graph into a training graph.
 
+pub mod builder;
+pub mod loss;
 pub mod optimizer;
 pub mod schedule;
