@@ -82,10 +82,7 @@ fn run_key(seed: u64, seed2: u64, run: u64) -> u64 {
 
 /// The 4 words of block `block` of attempt `attempt`.
 fn block(key: u64, index: u64, attempt: u32) -> [u32; 4] {
-    philox(
-        [index as u32, (index >> 32) as u32, attempt, 0x5053_464C],
-        key,
-    )
+    philox([index as u32, (index >> 32) as u32, attempt, 0x5053_464C], key)
 }
 
 /// A float in [0, 1) from 23 random bits (TensorFlow's construction).
@@ -158,41 +155,39 @@ impl Real for f64 {
 /// Fills `out` from the stream `key`. Element `i` depends only on `i` and
 /// the key, so chunks can be filled in any order on any thread.
 fn fill<T: Real>(out: &mut [T], key: u64, dist: Dist) {
-    out.par_chunks_mut(CHUNK)
-        .enumerate()
-        .for_each(|(c, chunk)| {
-            let start = (c * CHUNK) as u64;
-            match dist {
-                Dist::Uniform => {
-                    let per = T::UNIFORMS_PER_BLOCK;
-                    let first = start / per as u64;
-                    for (j, group) in chunk.chunks_mut(per).enumerate() {
-                        let u = T::uniforms(block(key, first + j as u64, 0));
-                        group.copy_from_slice(&u[..group.len()]);
-                    }
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
+        let start = (c * CHUNK) as u64;
+        match dist {
+            Dist::Uniform => {
+                let per = T::UNIFORMS_PER_BLOCK;
+                let first = start / per as u64;
+                for (j, group) in chunk.chunks_mut(per).enumerate() {
+                    let u = T::uniforms(block(key, first + j as u64, 0));
+                    group.copy_from_slice(&u[..group.len()]);
                 }
-                Dist::Normal => {
-                    for (j, pair) in chunk.chunks_mut(2).enumerate() {
-                        let z = normals(block(key, start / 2 + j as u64, 0));
-                        for (o, x) in pair.iter_mut().zip(z) {
-                            *o = T::of(x);
-                        }
-                    }
-                }
-                Dist::Truncated => {
-                    for (j, o) in chunk.iter_mut().enumerate() {
-                        let index = start + j as u64;
-                        // Re-draw until |x| < 2, tested on the value as stored
-                        // (a float32 that rounds to ±2 is re-drawn too).
-                        *o = (1u32..)
-                            .flat_map(|attempt| normals(block(key, index, attempt)))
-                            .map(T::of)
-                            .find(|x| x.to_f64().abs() < 2.0)
-                            .expect("an unbounded search ends");
+            }
+            Dist::Normal => {
+                for (j, pair) in chunk.chunks_mut(2).enumerate() {
+                    let z = normals(block(key, start / 2 + j as u64, 0));
+                    for (o, x) in pair.iter_mut().zip(z) {
+                        *o = T::of(x);
                     }
                 }
             }
-        });
+            Dist::Truncated => {
+                for (j, o) in chunk.iter_mut().enumerate() {
+                    let index = start + j as u64;
+                    // Re-draw until |x| < 2, tested on the value as stored
+                    // (a float32 that rounds to ±2 is re-drawn too).
+                    *o = (1u32..)
+                        .flat_map(|attempt| normals(block(key, index, attempt)))
+                        .map(T::of)
+                        .find(|x| x.to_f64().abs() < 2.0)
+                        .expect("an unbounded search ends");
+                }
+            }
+        }
+    });
 }
 
 // ------------------------------------------------------------------ ops --
@@ -350,9 +345,7 @@ fn random_uniform_int(node: &Node) -> Built {
                 }
             });
             let t = match dtype {
-                DType::I32 => {
-                    Tensor::new(shape, v.into_iter().map(|x| x as i32).collect::<Vec<_>>())
-                }
+                DType::I32 => Tensor::new(shape, v.into_iter().map(|x| x as i32).collect::<Vec<_>>()),
                 _ => Tensor::new(shape, v),
             };
             Ok(vec![ctx.k(t)?])

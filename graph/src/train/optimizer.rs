@@ -277,9 +277,10 @@ impl Optimizer {
                 }
                 // After every update, as TF1's AdamOptimizer._finish.
                 let updates = b.ops.update_nodes.clone();
-                for (i, (var, read, beta)) in [(&b1p, &b1p_read, &beta1), (&b2p, &b2p_read, &beta2)]
-                    .into_iter()
-                    .enumerate()
+                for (i, (var, read, beta)) in
+                    [(&b1p, &b1p_read, &beta1), (&b2p, &b2p_read, &beta2)]
+                        .into_iter()
+                        .enumerate()
                 {
                     let sfx = if i == 0 { "" } else { "_1" };
                     let mut mul = Node::new(format!("{scope}/mul{sfx}"), "Mul")
@@ -334,9 +335,10 @@ impl Builder<'_> {
             node: v.to_string(),
             detail,
         };
-        let node = self.graph.node(v).ok_or_else(|| {
-            err("the optimizer was given a variable that is not in the graph".into())
-        })?;
+        let node = self
+            .graph
+            .node(v)
+            .ok_or_else(|| err("the optimizer was given a variable that is not in the graph".into()))?;
         if node.op != "VarHandleOp" {
             return Err(err(format!(
                 "the optimizer updates VarHandleOp variables, this is a {}",
@@ -345,16 +347,12 @@ impl Builder<'_> {
         }
         let dtype = node.attr_dtype("dtype")?;
         if dtype != DType::F32 {
-            return Err(err(format!(
-                "the optimizer updates float32 variables, this is {dtype}"
-            )));
+            return Err(err(format!("the optimizer updates float32 variables, this is {dtype}")));
         }
         let shape = node.attr_shape_or_unknown("shape")?;
-        shape.concrete().ok_or_else(|| {
-            err(format!(
-                "slots need a fully known variable shape, got {shape}"
-            ))
-        })
+        shape
+            .concrete()
+            .ok_or_else(|| err(format!("slots need a fully known variable shape, got {shape}")))
     }
 
     /// Slot `V/<suffix>` of `v`, filled with `value`.
@@ -370,10 +368,7 @@ impl Builder<'_> {
         self.graph.add(
             Node::new(name, "VarHandleOp")
                 .attr("dtype", f32_type())
-                .attr(
-                    "shape",
-                    AttrValue::from_shape(TensorShapeProto::from_dims(&dims)),
-                )
+                .attr("shape", AttrValue::from_shape(TensorShapeProto::from_dims(&dims)))
                 .attr("shared_name", AttrValue::from_s(name))
                 .attr("container", AttrValue::from_s("")),
         )?;
@@ -403,10 +398,7 @@ impl Builder<'_> {
                     .input(shape_name.as_str())
                     .input(fill_value)
                     .attr("T", f32_type())
-                    .attr(
-                        "index_type",
-                        AttrValue::from_type(dtype_to_proto(DType::I32)),
-                    ),
+                    .attr("index_type", AttrValue::from_type(dtype_to_proto(DType::I32))),
             )?;
             TensorName::new(init, 0)
         };
@@ -429,9 +421,7 @@ impl Builder<'_> {
     }
 
     fn update(&mut self, node: Node) -> Result<()> {
-        let node = node
-            .attr("T", f32_type())
-            .attr("use_locking", AttrValue::from_b(false));
+        let node = node.attr("T", f32_type()).attr("use_locking", AttrValue::from_b(false));
         self.ops.update_nodes.push(node.name.clone());
         self.graph.add(node)?;
         Ok(())
@@ -447,10 +437,7 @@ mod tests {
         let Optimizer::RmsProp(c) = Optimizer::default() else {
             panic!("RMSProp is the default")
         };
-        assert_eq!(
-            (c.decay, c.momentum, c.epsilon, c.centered),
-            (0.9, 0.9, 1.0, false)
-        );
+        assert_eq!((c.decay, c.momentum, c.epsilon, c.centered), (0.9, 0.9, 1.0, false));
         let m = MomentumConfig::default();
         assert_eq!((m.momentum, m.nesterov), (0.9, false));
         let a = AdamConfig::default();

@@ -231,16 +231,8 @@ mod tests {
     #[test]
     fn decay_steps_are_floored_as_tf_slim() {
         // 60000 examples, batch 128: 468.75 steps per epoch; 2 epochs = 937.
-        let s = LrSchedule::default()
-            .build(60000.0 / 128.0, 10_000)
-            .unwrap();
-        assert!(matches!(
-            s,
-            Schedule::Exponential {
-                decay_steps: 937,
-                ..
-            }
-        ));
+        let s = LrSchedule::default().build(60000.0 / 128.0, 10_000).unwrap();
+        assert!(matches!(s, Schedule::Exponential { decay_steps: 937, .. }));
         assert_eq!(s.at(936), 0.01);
         assert!(s.at(937) < 0.01);
     }
@@ -290,11 +282,7 @@ mod tests {
             decay_rate: -1.0,
             ..Default::default()
         });
-        assert!(bad
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("decay_rate"));
+        assert!(bad.validate().unwrap_err().to_string().contains("decay_rate"));
         assert!(LrSchedule::default().build(0.0, 10).is_err());
         let bad = LrSchedule::Cosine(CosineDecay {
             alpha: 2.0,
