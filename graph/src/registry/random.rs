@@ -77,12 +77,16 @@ fn splitmix64(mut x: u64) -> u64 {
 
 /// The Philox key of one run of an op seeded (seed, seed2).
 fn run_key(seed: u64, seed2: u64, run: u64) -> u64 {
-    splitmix64(splitmix64(splitmix64(seed) ^ seed2) ^ run)
+    let seeds = splitmix64(seed) ^ splitmix64(seed2 ^ 0x6A09_E667_F3BC_C908).rotate_left(17);
+    splitmix64(splitmix64(seeds) ^ run)
 }
 
 /// The 4 words of block `block` of attempt `attempt`.
 fn block(key: u64, index: u64, attempt: u32) -> [u32; 4] {
-    philox([index as u32, (index >> 32) as u32, attempt, 0x5053_464C], key)
+    philox(
+        [index as u32, (index >> 32) as u32, attempt, 0x5053_464C],
+        key,
+    )
 }
 
 /// A float in [0, 1) from 23 random bits (TensorFlow's construction).
@@ -155,39 +159,41 @@ impl Real for f64 {
 /// Fills `out` from the stream `key`. Element `i` depends only on `i` and
 /// the key, so chunks can be filled in any order on any thread.
 fn fill<T: Real>(out: &mut [T], key: u64, dist: Dist) {
-    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
-        let start = (c * CHUNK) as u64;
-        match dist {
-            Dist::Uniform => {
-                let per = T::UNIFORMS_PER_BLOCK;
-                let first = start / per as u64;
-                for (j, group) in chunk.chunks_mut(per).enumerate() {
-                    let u = T::uniforms(block(key, first + j as u64, 0));
-                    group.copy_from_slice(&u[..group.len()]);
+    out.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            let start = (c * CHUNK) as u64;
+            match dist {
+                Dist::Uniform => {
+                    let per = T::UNIFORMS_PER_BLOCK;
+                    let first = start / per as u64;
+                    for (j, group) in chunk.chunks_mut(per).enumerate() {
+                        let u = T::uniforms(block(key, first + j as u64, 0));
+                        group.copy_from_slice(&u[..group.len()]);
+                    }
                 }
-            }
-            Dist::Normal => {
-                for (j, pair) in chunk.chunks_mut(2).enumerate() {
-                    let z = normals(block(key, start / 2 + j as u64, 0));
-                    for (o, x) in pair.iter_mut().zip(z) {
-                        *o = T::of(x);
+                Dist::Normal => {
+                    for (j, pair) in chunk.chunks_mut(2).enumerate() {
+                        let z = normals(block(key, start / 2 + j as u64, 0));
+                        for (o, x) in pair.iter_mut().zip(z) {
+                            *o = T::of(x);
+                        }
+                    }
+                }
+                Dist::Truncated => {
+                    for (j, o) in chunk.iter_mut().enumerate() {
+                        let index = start + j as u64;
+                        // Re-draw until |x| < 2, tested on the value as stored
+                        // (a float32 that rounds to ±2 is re-drawn too).
+                        *o = (1u32..)
+                            .flat_map(|attempt| normals(block(key, index, attempt)))
+                            .map(T::of)
+                            .find(|x| x.to_f64().abs() < 2.0)
+                            .expect("an unbounded search ends");
                     }
                 }
             }
-            Dist::Truncated => {
-                for (j, o) in chunk.iter_mut().enumerate() {
-                    let index = start + j as u64;
-                    // Re-draw until |x| < 2, tested on the value as stored
-                    // (a float32 that rounds to ±2 is re-drawn too).
-                    *o = (1u32..)
-                        .flat_map(|attempt| normals(block(key, index, attempt)))
-                        .map(T::of)
-                        .find(|x| x.to_f64().abs() < 2.0)
-                        .expect("an unbounded search ends");
-                }
-            }
-        }
-    });
+        });
 }
 
 // ------------------------------------------------------------------ ops --
@@ -208,10 +214,12 @@ impl Seeds {
             node.attr_int_or("seed2", 0)? as u64,
         );
         if seed == 0 && seed2 == 0 {
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write(node.name.as_bytes());
-            seed = h.finish();
-            seed2 = splitmix64(seed);
+            let os_random = || {
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write(node.name.as_bytes());
+                h.finish()
+            };
+            (seed, seed2) = (os_random(), os_random());
         }
         Ok(Seeds {
             seed,
@@ -345,7 +353,9 @@ fn random_uniform_int(node: &Node) -> Built {
                 }
             });
             let t = match dtype {
-                DType::I32 => Tensor::new(shape, v.into_iter().map(|x| x as i32).collect::<Vec<_>>()),
+                DType::I32 => {
+                    Tensor::new(shape, v.into_iter().map(|x| x as i32).collect::<Vec<_>>())
+                }
                 _ => Tensor::new(shape, v),
             };
             Ok(vec![ctx.k(t)?])

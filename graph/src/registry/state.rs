@@ -251,7 +251,9 @@ fn assign_update(node: &Node) -> Built {
             let name = handle_input(ctx, 0)?;
             let slot = ctx.resources.variable(&name);
             let mut guard = write_lock(&slot);
-            let old = guard.as_ref().ok_or_else(|| uninitialized(ctx.node, &name))?;
+            let old = guard
+                .as_ref()
+                .ok_or_else(|| uninitialized(ctx.node, &name))?;
             check_update(old, ctx.input(1), dtype)
                 .map_err(|detail| resource_error(ctx.node, &name, detail))?;
             // Taken, not cloned, so the buffer is updated in place when
@@ -297,8 +299,12 @@ fn add_in_place(
         f: fn(T, T) -> T,
     ) -> std::result::Result<Tensor, String> {
         let shape = var.shape().to_vec();
-        let mut v = var.into_vec::<T>("AssignAddVariableOp").map_err(|e| e.to_string())?;
-        let x = value.values::<T>("AssignAddVariableOp").map_err(|e| e.to_string())?;
+        let mut v = var
+            .into_vec::<T>("AssignAddVariableOp")
+            .map_err(|e| e.to_string())?;
+        let x = value
+            .values::<T>("AssignAddVariableOp")
+            .map_err(|e| e.to_string())?;
         v.iter_mut().zip(x).for_each(|(a, &b)| *a = f(*a, b));
         Tensor::new(shape, v).map_err(|e| e.to_string())
     }
@@ -332,6 +338,10 @@ fn var_is_initialized(node: &Node) -> Built {
 
 // ------------------------------------------------------------- updates --
 
+/// An update over (variable, slots…), scalar hyper-parameters in the
+/// spec's order, the gradient and `use_nesterov`.
+type UpdateFn = fn(&mut [Vec<f32>], &[f32], &[f32], bool) -> psflow_kernels::Result<()>;
+
 /// The inputs of one ResourceApply op: `vars` resource handles first (the
 /// variable, then its slots), scalar hyper-parameters at `scalars`, the
 /// gradient at `grad`.
@@ -340,7 +350,7 @@ struct ApplySpec {
     vars: &'static [&'static str],
     scalars: &'static [(usize, &'static str)],
     grad: usize,
-    update: fn(&mut [Vec<f32>], &[f32], &[f32], bool) -> psflow_kernels::Result<()>,
+    update: UpdateFn,
 }
 
 const APPLY_OPS: &[ApplySpec] = &[
@@ -382,7 +392,9 @@ const APPLY_OPS: &[ApplySpec] = &[
         scalars: &[(4, "lr"), (5, "rho"), (6, "momentum"), (7, "epsilon")],
         grad: 8,
         update: |v, s, g, _| {
-            let [var, mg, ms, mom] = v else { unreachable!() };
+            let [var, mg, ms, mom] = v else {
+                unreachable!()
+            };
             optim::apply_centered_rmsprop(var, mg, ms, mom, g, rms_hyper(s))
         },
     },
@@ -433,7 +445,12 @@ fn resource_apply(node: &Node) -> Built {
         .iter()
         .find(|s| s.op == node.op)
         .expect("registered for these ops only");
-    expect_inputs(node, spec.grad.max(spec.scalars.iter().map(|s| s.0).max().unwrap_or(0)) + 1)?;
+    expect_inputs(
+        node,
+        spec.grad
+            .max(spec.scalars.iter().map(|s| s.0).max().unwrap_or(0))
+            + 1,
+    )?;
     node.require_f32("T")?;
     Ok(Box::new(ResourceApply {
         spec,
@@ -456,7 +473,9 @@ impl OpKernel for ResourceApply {
         for (i, what) in spec.vars.iter().enumerate() {
             if let Some(d) = ctx.dtype(i) {
                 if d != DType::F32 {
-                    return Err(ctx.err(format!("{what} is a {d} variable; only float32 is supported")));
+                    return Err(ctx.err(format!(
+                        "{what} is a {d} variable; only float32 is supported"
+                    )));
                 }
             }
             shape = shape.merge(ctx.shape(i)).ok_or_else(|| {
@@ -491,7 +510,10 @@ impl OpKernel for ResourceApply {
         for &(i, what) in spec.scalars {
             let t = ctx.input(i);
             if t.rank() != 0 {
-                return Err(ctx.err(format!("{what} must be a scalar, got shape {:?}", t.shape())));
+                return Err(ctx.err(format!(
+                    "{what} must be a scalar, got shape {:?}",
+                    t.shape()
+                )));
             }
             scalars.push(ctx.k(t.scalar_value::<f32>(op))?);
         }
@@ -518,7 +540,11 @@ impl OpKernel for ResourceApply {
                 return Err(resource_error(
                     ctx.node,
                     &names[i],
-                    format!("{op} updates float32 variables, {} is {}", spec.vars[i], t.dtype()),
+                    format!(
+                        "{op} updates float32 variables, {} is {}",
+                        spec.vars[i],
+                        t.dtype()
+                    ),
                 ));
             }
             if t.shape() != grad.shape() {

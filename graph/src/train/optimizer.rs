@@ -277,10 +277,9 @@ impl Optimizer {
                 }
                 // After every update, as TF1's AdamOptimizer._finish.
                 let updates = b.ops.update_nodes.clone();
-                for (i, (var, read, beta)) in
-                    [(&b1p, &b1p_read, &beta1), (&b2p, &b2p_read, &beta2)]
-                        .into_iter()
-                        .enumerate()
+                for (i, (var, read, beta)) in [(&b1p, &b1p_read, &beta1), (&b2p, &b2p_read, &beta2)]
+                    .into_iter()
+                    .enumerate()
                 {
                     let sfx = if i == 0 { "" } else { "_1" };
                     let mut mul = Node::new(format!("{scope}/mul{sfx}"), "Mul")
@@ -335,10 +334,9 @@ impl Builder<'_> {
             node: v.to_string(),
             detail,
         };
-        let node = self
-            .graph
-            .node(v)
-            .ok_or_else(|| err("the optimizer was given a variable that is not in the graph".into()))?;
+        let node = self.graph.node(v).ok_or_else(|| {
+            err("the optimizer was given a variable that is not in the graph".into())
+        })?;
         if node.op != "VarHandleOp" {
             return Err(err(format!(
                 "the optimizer updates VarHandleOp variables, this is a {}",
@@ -347,12 +345,16 @@ impl Builder<'_> {
         }
         let dtype = node.attr_dtype("dtype")?;
         if dtype != DType::F32 {
-            return Err(err(format!("the optimizer updates float32 variables, this is {dtype}")));
+            return Err(err(format!(
+                "the optimizer updates float32 variables, this is {dtype}"
+            )));
         }
         let shape = node.attr_shape_or_unknown("shape")?;
-        shape
-            .concrete()
-            .ok_or_else(|| err(format!("slots need a fully known variable shape, got {shape}")))
+        shape.concrete().ok_or_else(|| {
+            err(format!(
+                "slots need a fully known variable shape, got {shape}"
+            ))
+        })
     }
 
     /// Slot `V/<suffix>` of `v`, filled with `value`.
@@ -368,7 +370,10 @@ impl Builder<'_> {
         self.graph.add(
             Node::new(name, "VarHandleOp")
                 .attr("dtype", f32_type())
-                .attr("shape", AttrValue::from_shape(TensorShapeProto::from_dims(&dims)))
+                .attr(
+                    "shape",
+                    AttrValue::from_shape(TensorShapeProto::from_dims(&dims)),
+                )
                 .attr("shared_name", AttrValue::from_s(name))
                 .attr("container", AttrValue::from_s("")),
         )?;
@@ -398,7 +403,10 @@ impl Builder<'_> {
                     .input(shape_name.as_str())
                     .input(fill_value)
                     .attr("T", f32_type())
-                    .attr("index_type", AttrValue::from_type(dtype_to_proto(DType::I32))),
+                    .attr(
+                        "index_type",
+                        AttrValue::from_type(dtype_to_proto(DType::I32)),
+                    ),
             )?;
             TensorName::new(init, 0)
         };
@@ -421,7 +429,9 @@ impl Builder<'_> {
     }
 
     fn update(&mut self, node: Node) -> Result<()> {
-        let node = node.attr("T", f32_type()).attr("use_locking", AttrValue::from_b(false));
+        let node = node
+            .attr("T", f32_type())
+            .attr("use_locking", AttrValue::from_b(false));
         self.ops.update_nodes.push(node.name.clone());
         self.graph.add(node)?;
         Ok(())
@@ -437,7 +447,10 @@ mod tests {
         let Optimizer::RmsProp(c) = Optimizer::default() else {
             panic!("RMSProp is the default")
         };
-        assert_eq!((c.decay, c.momentum, c.epsilon, c.centered), (0.9, 0.9, 1.0, false));
+        assert_eq!(
+            (c.decay, c.momentum, c.epsilon, c.centered),
+            (0.9, 0.9, 1.0, false)
+        );
         let m = MomentumConfig::default();
         assert_eq!((m.momentum, m.nesterov), (0.9, false));
         let a = AdamConfig::default();
@@ -458,5 +471,47 @@ mod tests {
             ..Default::default()
         });
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn configs_read_from_json_with_defaults() {
+        let o: Optimizer = serde_json::from_str(r#"{"kind": "rmsprop"}"#).unwrap();
+        assert_eq!(o, Optimizer::default());
+        let o: Optimizer =
+            serde_json::from_str(r#"{"kind": "rmsprop", "epsilon": 0.5, "centered": true}"#)
+                .unwrap();
+        assert_eq!(
+            o,
+            Optimizer::RmsProp(RmsPropConfig {
+                epsilon: 0.5,
+                centered: true,
+                ..Default::default()
+            })
+        );
+        let o: Optimizer = serde_json::from_str(r#"{"kind": "adam", "beta2": 0.99}"#).unwrap();
+        assert_eq!(
+            o,
+            Optimizer::Adam(AdamConfig {
+                beta2: 0.99,
+                ..Default::default()
+            })
+        );
+        let o: Optimizer = serde_json::from_str(r#"{"kind": "sgd"}"#).unwrap();
+        assert_eq!(o, Optimizer::Sgd(SgdConfig {}));
+        for o in [
+            Optimizer::default(),
+            Optimizer::Momentum(MomentumConfig::default()),
+            Optimizer::Sgd(SgdConfig {}),
+            Optimizer::Adam(AdamConfig::default()),
+        ] {
+            let back: Optimizer =
+                serde_json::from_str(&serde_json::to_string(&o).unwrap()).unwrap();
+            assert_eq!(back, o);
+        }
+        let err = serde_json::from_str::<Optimizer>(r#"{"kind": "rmsprop", "rho": 0.9}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rho"), "{err}");
+        assert!(serde_json::from_str::<Optimizer>(r#"{"kind": "adagrad"}"#).is_err());
     }
 }

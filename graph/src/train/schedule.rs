@@ -231,8 +231,16 @@ mod tests {
     #[test]
     fn decay_steps_are_floored_as_tf_slim() {
         // 60000 examples, batch 128: 468.75 steps per epoch; 2 epochs = 937.
-        let s = LrSchedule::default().build(60000.0 / 128.0, 10_000).unwrap();
-        assert!(matches!(s, Schedule::Exponential { decay_steps: 937, .. }));
+        let s = LrSchedule::default()
+            .build(60000.0 / 128.0, 10_000)
+            .unwrap();
+        assert!(matches!(
+            s,
+            Schedule::Exponential {
+                decay_steps: 937,
+                ..
+            }
+        ));
         assert_eq!(s.at(936), 0.01);
         assert!(s.at(937) < 0.01);
     }
@@ -282,12 +290,42 @@ mod tests {
             decay_rate: -1.0,
             ..Default::default()
         });
-        assert!(bad.validate().unwrap_err().to_string().contains("decay_rate"));
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("decay_rate"));
         assert!(LrSchedule::default().build(0.0, 10).is_err());
         let bad = LrSchedule::Cosine(CosineDecay {
             alpha: 2.0,
             ..Default::default()
         });
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn configs_read_from_json_with_defaults() {
+        let s: LrSchedule = serde_json::from_str(r#"{"kind": "exponential_decay"}"#).unwrap();
+        assert_eq!(s, LrSchedule::default());
+        let s: LrSchedule =
+            serde_json::from_str(r#"{"kind": "cosine", "initial": 0.1, "warmup_epochs": 1}"#)
+                .unwrap();
+        assert_eq!(
+            s,
+            LrSchedule::Cosine(CosineDecay {
+                initial: 0.1,
+                warmup_epochs: 1.0,
+                ..Default::default()
+            })
+        );
+        let s: LrSchedule = serde_json::from_str(r#"{"kind": "constant", "lr": 0.5}"#).unwrap();
+        assert_eq!(s, LrSchedule::Constant(ConstantLr { lr: 0.5 }));
+        let back: LrSchedule =
+            serde_json::from_str(&serde_json::to_string(&LrSchedule::default()).unwrap()).unwrap();
+        assert_eq!(back, LrSchedule::default());
+        let err = serde_json::from_str::<LrSchedule>(r#"{"kind": "constant", "rate": 1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rate"), "{err}");
     }
 }

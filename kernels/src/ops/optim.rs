@@ -208,7 +208,14 @@ fn centered_rmsprop_body(
 }
 
 #[inline(always)]
-fn adam_body(var: &mut [f32], m: &mut [f32], v: &mut [f32], grad: &[f32], h: AdamHyper, alpha: f32) {
+fn adam_body(
+    var: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    grad: &[f32],
+    h: AdamHyper,
+    alpha: f32,
+) {
     let n = var.len();
     let (m, v, grad) = (&mut m[..n], &mut v[..n], &grad[..n]);
     let one_minus_b1 = 1.0 - h.beta1;
