@@ -238,7 +238,9 @@ fn three_rmsprop_steps_match_tensorflow() {
     ];
     let mut worst = 0f64;
     for step in 1..=3 {
-        let losses = sess.run(&feeds, &fetches, &[tg.train_op.clone()]).unwrap();
+        let losses = sess
+            .run(&feeds, &fetches, std::slice::from_ref(&tg.train_op))
+            .unwrap();
         for (k, l) in losses.iter().enumerate() {
             let (ours, tf) = (l.to_f64_vec()[0], tf_losses[(step - 1) * 3 + k]);
             assert!(
