@@ -3,6 +3,7 @@
 mod bench;
 mod commands;
 mod table;
+mod trainer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +48,9 @@ enum Command {
     /// Build model graphs and count their parameters and multiply-adds.
     #[command(subcommand)]
     Graph(commands::graph::GraphCommand),
+    /// Train a model of the zoo on one machine (writes RUN_DIR: events,
+    /// checkpoints, loss.svg, summary.json).
+    Train(Box<commands::train::TrainArgs>),
     /// Measure psflow's kernels and programs.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -115,6 +119,13 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             }
         }
         Command::Graph(cmd) => commands::graph::dispatch(cmd),
+        Command::Train(args) => match commands::train::run(&args) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err((usage, e)) => {
+                eprintln!("error: {}", one_line(&e));
+                Ok(ExitCode::from(if usage { 2 } else { 1 }))
+            }
+        },
         Command::Bench(BenchCommand::Kernels {
             batch,
             repeats,
