@@ -274,16 +274,15 @@ fn logits_shape(logits: &Tensor, labels: &[i32]) -> Result<(usize, usize)> {
     Ok((s[0], s[1]))
 }
 
+/// A checkpoint read back: where it is, its tensors, its manifest.
+pub type Loaded = (
+    Checkpoint,
+    Vec<(String, Tensor)>,
+    psflow_worker::run::Manifest,
+);
+
 /// The latest checkpoint of a run's checkpoint directory, loaded.
-pub fn load_latest(
-    dir: &std::path::Path,
-) -> Result<
-    Option<(
-        Checkpoint,
-        Vec<(String, Tensor)>,
-        psflow_worker::run::Manifest,
-    )>,
-> {
+pub fn load_latest(dir: &std::path::Path) -> Result<Option<Loaded>> {
     let Some(ckpt) = Checkpoint::latest(dir)? else {
         return Ok(None);
     };
