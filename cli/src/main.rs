@@ -51,6 +51,8 @@ enum Command {
     /// Train a model of the zoo on one machine (writes RUN_DIR: events,
     /// checkpoints, loss.svg, summary.json).
     Train(Box<commands::train::TrainArgs>),
+    /// Top-1 / top-5 of a training run's latest checkpoint.
+    Eval(commands::eval::EvalArgs),
     /// Measure psflow's kernels and programs.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -73,6 +75,8 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Training images/s of a zoo model on random tensors (no input pipeline).
+    Train(bench::train::BenchTrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -119,19 +123,26 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             }
         }
         Command::Graph(cmd) => commands::graph::dispatch(cmd),
-        Command::Train(args) => match commands::train::run(&args) {
-            Ok(()) => Ok(ExitCode::SUCCESS),
-            Err((usage, e)) => {
-                eprintln!("error: {}", one_line(&e));
-                Ok(ExitCode::from(if usage { 2 } else { 1 }))
-            }
-        },
+        Command::Eval(args) => user_result(commands::eval::run(&args)),
+        Command::Train(args) => user_result(commands::train::run(&args)),
+        Command::Bench(BenchCommand::Train(args)) => user_result(bench::train::run(&args)),
         Command::Bench(BenchCommand::Kernels {
             batch,
             repeats,
             filter,
             json,
         }) => bench_kernels(batch, repeats, filter, json),
+    }
+}
+
+/// Exit 0, 2 for a usage error (bad flags, missing data), 1 otherwise.
+fn user_result(r: std::result::Result<(), (bool, anyhow::Error)>) -> Result<ExitCode> {
+    match r {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err((usage, e)) => {
+            eprintln!("error: {}", one_line(&e));
+            Ok(ExitCode::from(if usage { 2 } else { 1 }))
+        }
     }
 }
 
