@@ -75,8 +75,12 @@ pub struct TrainArgs {
     /// Seeds the initialisers, dropout, shuffling and augmentation.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// No data augmentation (standardization only).
-    #[arg(long)]
+    /// Training augmentation: cifar (pad-crop, flip, brightness,
+    /// contrast), crop-flip, or none (standardization only).
+    #[arg(long, default_value = "cifar", value_parser = ["cifar", "crop-flip", "none"])]
+    pub augment: String,
+    /// The same as --augment none.
+    #[arg(long, conflicts_with = "augment")]
     pub no_augment: bool,
     /// Write a checkpoint every N steps (0: only at the end).
     #[arg(long, default_value_t = 1000)]
@@ -182,7 +186,11 @@ impl TrainArgs {
             optimizer,
             schedule,
             weight_decay: self.weight_decay,
-            augment: !self.no_augment,
+            augment: if self.no_augment {
+                "none".into()
+            } else {
+                self.augment.clone()
+            },
         };
         // Builds (and so checks) the model configuration.
         cfg.model_spec(false)?.build().map_err(|e| anyhow!("{e}"))?;

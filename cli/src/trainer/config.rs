@@ -26,8 +26,10 @@ pub struct RunConfig {
     pub optimizer: Optimizer,
     pub schedule: LrSchedule,
     pub weight_decay: f32,
-    /// Train with the CIFAR augmentation recipe (else: standardize only).
-    pub augment: bool,
+    /// Training augmentation: `cifar` (the MobileNet-on-CIFAR recipe),
+    /// `crop-flip` (pad 4 + crop, flip; no brightness/contrast) or `none`
+    /// (standardization only).
+    pub augment: String,
 }
 
 impl RunConfig {
@@ -61,10 +63,15 @@ impl RunConfig {
                 data.channels
             );
         }
-        let base = if self.augment {
-            AugmentConfig::cifar_train()
-        } else {
-            AugmentConfig::eval()
+        let base = match self.augment.as_str() {
+            "cifar" => AugmentConfig::cifar_train(),
+            "crop-flip" => AugmentConfig {
+                brightness: None,
+                contrast: None,
+                ..AugmentConfig::cifar_train()
+            },
+            "none" => AugmentConfig::eval(),
+            other => bail!("unknown augmentation {other:?} (cifar, crop-flip or none)"),
         };
         let resize = (data.height != self.resolution || data.width != self.resolution)
             .then_some((self.resolution, self.resolution));
