@@ -291,3 +291,37 @@ pub fn load_latest(dir: &std::path::Path) -> Result<Option<Loaded>> {
         .with_context(|| format!("reading {}", ckpt.path.display()))?;
     Ok(Some((ckpt, tensors, manifest)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top1_top5_and_cross_entropy_on_the_host() {
+        // Row 0: label 2 is the maximum; row 1: label 0 is 6th of 6;
+        // row 2: a tie between classes 1 and 3 goes to the lower index.
+        let logits = Tensor::new(
+            vec![3, 6],
+            vec![
+                0.0f32, 1.0, 5.0, 2.0, 3.0, 4.0, //
+                -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, //
+                0.0, 2.0, 0.0, 2.0, 1.0, 1.0,
+            ],
+        )
+        .unwrap();
+        assert_eq!(count_correct(&logits, &[2, 0, 1]).unwrap(), (2, 2));
+        assert_eq!(count_correct(&logits, &[2, 1, 3]).unwrap(), (1, 3));
+        let x = xent_sum(&logits, &[2, 0, 1]).unwrap();
+        let want: f64 = [(0usize, 2usize), (1, 0), (2, 1)]
+            .iter()
+            .map(|&(r, l)| {
+                let row = &logits.f32s("t").unwrap()[r * 6..r * 6 + 6];
+                let z: f64 = row.iter().map(|&v| (v as f64).exp()).sum();
+                z.ln() - row[l] as f64
+            })
+            .sum();
+        assert!((x - want).abs() < 1e-9, "{x} vs {want}");
+        assert!(count_correct(&logits, &[0, 6, 0]).is_err());
+        assert!(count_correct(&logits, &[0, 1]).is_err());
+    }
+}
