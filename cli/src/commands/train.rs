@@ -360,6 +360,15 @@ fn train_loop(
                 learning_rate: lr as f64,
                 images_per_sec: metrics.images_per_sec(),
             });
+        } else if progress.is_bar() {
+            // The bar moves every step, with the mean so far in the window.
+            progress.update(&StepReport {
+                step: done,
+                epoch: done as f64 / steps_per_epoch as f64,
+                losses: metrics.mean().unwrap_or(out.losses),
+                learning_rate: lr as f64,
+                images_per_sec: metrics.images_per_sec(),
+            });
         }
         if args.checkpoint_every > 0 && done % args.checkpoint_every == 0 && done != total {
             let path = checkpointer.save(done, &trainer.state()?, meta(done))?;
