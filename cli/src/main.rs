@@ -3,6 +3,7 @@
 mod bench;
 mod commands;
 mod table;
+mod trainer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +48,11 @@ enum Command {
     /// Build model graphs and count their parameters and multiply-adds.
     #[command(subcommand)]
     Graph(commands::graph::GraphCommand),
+    /// Train a model of the zoo on one machine (writes RUN_DIR: events,
+    /// checkpoints, loss.svg, summary.json).
+    Train(Box<commands::train::TrainArgs>),
+    /// Top-1 / top-5 of a training run's latest checkpoint.
+    Eval(commands::eval::EvalArgs),
     /// Measure psflow's kernels and programs.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -69,6 +75,8 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Training images/s of a zoo model on random tensors (no input pipeline).
+    Train(bench::train::BenchTrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -115,12 +123,26 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             }
         }
         Command::Graph(cmd) => commands::graph::dispatch(cmd),
+        Command::Eval(args) => user_result(commands::eval::run(&args)),
+        Command::Train(args) => user_result(commands::train::run(&args)),
+        Command::Bench(BenchCommand::Train(args)) => user_result(bench::train::run(&args)),
         Command::Bench(BenchCommand::Kernels {
             batch,
             repeats,
             filter,
             json,
         }) => bench_kernels(batch, repeats, filter, json),
+    }
+}
+
+/// Exit 0, 2 for a usage error (bad flags, missing data), 1 otherwise.
+fn user_result(r: std::result::Result<(), (bool, anyhow::Error)>) -> Result<ExitCode> {
+    match r {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err((usage, e)) => {
+            eprintln!("error: {}", one_line(&e));
+            Ok(ExitCode::from(if usage { 2 } else { 1 }))
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod kernels;
 pub mod machine;
+pub mod train;
 
 use std::time::{Duration, Instant};
 

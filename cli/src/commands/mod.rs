@@ -1,4 +1,6 @@
 //! Client commands, one module each.
 
+pub mod eval;
 pub mod graph;
 pub mod run;
+pub mod train;

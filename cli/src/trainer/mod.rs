@@ -1,0 +1,327 @@
+//! The single-process trainer behind `psflow train`, `psflow eval` and
+//! `psflow bench train`: a zoo model turned into a training graph, run in
+//! a [`Session`] whose variables live in a [`ResourceStore`] shared with an
+//! inference session of the same model (is_training=false batch norm, no
+//! dropout) for evaluation.
+//!
+//! What a checkpoint holds: every entry of the store — model variables,
+//! optimizer slots, `global_step` and the random ops' run counters — so a
+//! resumed run continues bit for bit; the manifest's `meta` holds the
+//! [`RunConfig`] and the pipeline position (the next step).
+
+mod config;
+
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use psflow_graph::train::builder::{build_training_graph, TrainConfig, TrainGraph, TrainableVar};
+use psflow_graph::zoo::Model;
+use psflow_graph::{Registry, ResourceStore, Session, Tensor};
+use psflow_worker::data::{Batch, Dataset, Pipeline, PipelineConfig};
+use psflow_worker::run::{Checkpoint, Losses};
+
+pub use config::RunConfig;
+
+/// A model ready to train and evaluate.
+pub struct Trainer {
+    pub model: Model,
+    pub graph: TrainGraph,
+    pub session: Session,
+    pub infer_model: Model,
+    pub infer: Session,
+    pub store: Arc<ResourceStore>,
+}
+
+/// What one training step returns.
+pub struct StepOutput {
+    pub losses: Losses,
+    /// Correct top-1 predictions in the batch.
+    pub correct: usize,
+}
+
+/// Top-1 / top-5 accuracy and mean cross-entropy of a pass over a split.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct EvalResult {
+    pub top1: f64,
+    pub top5: f64,
+    pub loss: f64,
+    pub examples: usize,
+}
+
+impl Trainer {
+    /// Builds the training and inference graphs of `cfg` (variables not
+    /// yet initialised: call [`init`](Self::init) or [`restore`](Self::restore)).
+    pub fn build(cfg: &RunConfig) -> Result<Trainer> {
+        let mut model = cfg.model_spec(true)?.build().map_err(|e| anyhow!("{e}"))?;
+        let infer_model = cfg.model_spec(false)?.build().map_err(|e| anyhow!("{e}"))?;
+        let vars: Vec<TrainableVar> = model
+            .trainable
+            .iter()
+            .map(|v| TrainableVar {
+                name: v.name.clone(),
+                shape: v.shape.clone(),
+                regularize: v.regularize,
+            })
+            .collect();
+        let labels = model
+            .labels
+            .clone()
+            .ok_or_else(|| anyhow!("the training model has no labels placeholder"))?;
+        let updates = model.moving_average_updates.clone();
+        let logits = model.logits.clone();
+        let graph = build_training_graph(
+            &mut model.graph,
+            &logits,
+            &labels,
+            &vars,
+            &updates,
+            &TrainConfig {
+                optimizer: cfg.optimizer,
+                weight_decay: cfg.weight_decay,
+            },
+        )
+        .context("building the training graph")?;
+        let registry = Registry::standard();
+        let store = Arc::new(ResourceStore::new());
+        let session = Session::with_resources(model.graph.clone(), &registry, store.clone())
+            .context("checking the training graph")?;
+        let infer = Session::with_resources(infer_model.graph.clone(), &registry, store.clone())
+            .context("checking the inference graph")?;
+        Ok(Trainer {
+            model,
+            graph,
+            session,
+            infer_model,
+            infer,
+            store,
+        })
+    }
+
+    /// Runs `init`: every variable to its initial value, global_step 0.
+    pub fn init(&self) -> Result<()> {
+        self.session
+            .run(&[], &[], std::slice::from_ref(&self.model.init))
+            .context("initialising the variables")?;
+        Ok(())
+    }
+
+    /// The global step (the `global_step` variable).
+    pub fn global_step(&self) -> Result<u64> {
+        let t = self
+            .store
+            .get(&self.graph.global_step)
+            .ok_or_else(|| anyhow!("global_step is not initialised"))?;
+        Ok(t.scalar_value::<i64>("global_step")? as u64)
+    }
+
+    /// One training step on `images` / `labels` with learning rate `lr`.
+    pub fn step(&self, images: Tensor, labels: Tensor, lr: f32) -> Result<StepOutput> {
+        let label_values: Vec<i32> = labels.values::<i32>("labels")?.to_vec();
+        let feeds = [
+            (self.model.input.clone(), images),
+            (self.model.labels.clone().expect("checked in build"), labels),
+            (self.graph.learning_rate.clone(), Tensor::scalar(lr)),
+        ];
+        let fetches = [
+            self.graph.total_loss.clone(),
+            self.graph.cross_entropy_loss.clone(),
+            self.graph.regularization_loss.clone(),
+            self.model.logits.clone(),
+        ];
+        let out = self
+            .session
+            .run(&feeds, &fetches, std::slice::from_ref(&self.graph.train_op))
+            .context("training step")?;
+        let scalar = |t: &Tensor| -> Result<f64> { Ok(t.scalar_value::<f32>("loss")? as f64) };
+        let losses = Losses::new(scalar(&out[0])?, scalar(&out[1])?, scalar(&out[2])?);
+        let (top1, _) = count_correct(&out[3], &label_values)?;
+        Ok(StepOutput {
+            losses,
+            correct: top1,
+        })
+    }
+
+    /// Evaluates the inference model on every example of `data`
+    /// (preprocessed as `cfg`'s eval recipe).
+    pub fn evaluate(
+        &self,
+        cfg: &RunConfig,
+        data: Arc<Dataset>,
+        batch_size: usize,
+    ) -> Result<EvalResult> {
+        evaluate(&self.infer, &self.infer_model, cfg, data, batch_size)
+    }
+
+    /// Every entry of the store (variables, slots, global_step, random
+    /// counters), sorted by name.
+    pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        state_of(&self.store)
+    }
+
+    /// Loads `ckpt` into the store; every variable of the training graph
+    /// must be in it.
+    pub fn restore(&self, tensors: Vec<(String, Tensor)>) -> Result<()> {
+        let expected: Vec<&str> = self
+            .model
+            .variables
+            .iter()
+            .map(|v| v.name.as_str())
+            .chain(self.graph.new_variables.iter().map(String::as_str))
+            .collect();
+        for name in &expected {
+            if !tensors.iter().any(|(n, _)| n == name) {
+                bail!("the checkpoint has no variable {name:?}: was it written for another model or optimizer?");
+            }
+        }
+        for (name, t) in tensors {
+            self.store.set(&name, t);
+        }
+        Ok(())
+    }
+}
+
+/// Every initialised entry of `store`, sorted by name.
+pub fn state_of(store: &ResourceStore) -> Result<Vec<(String, Tensor)>> {
+    Ok(store
+        .names()
+        .into_iter()
+        .filter_map(|n| store.get(&n).map(|t| (n, t)))
+        .collect())
+}
+
+/// The pass over `data` behind [`Trainer::evaluate`], for a bare
+/// inference session too (`psflow eval`).
+pub fn evaluate(
+    session: &Session,
+    model: &Model,
+    cfg: &RunConfig,
+    data: Arc<Dataset>,
+    batch_size: usize,
+) -> Result<EvalResult> {
+    let mut pc = PipelineConfig::eval(batch_size);
+    pc.augment = cfg.augment(&data)?.for_eval();
+    let mut pipeline = Pipeline::new(data, pc)?;
+    let mut r = EvalResult::default();
+    let mut loss_sum = 0.0;
+    while let Some(batch) = pipeline.next_batch()? {
+        let Batch { images, labels, .. } = batch;
+        let labels: Vec<i32> = labels.values::<i32>("labels")?.to_vec();
+        let out = session
+            .run(
+                &[(model.input.clone(), images)],
+                std::slice::from_ref(&model.logits),
+                &[],
+            )
+            .context("evaluation step")?;
+        let (c1, c5) = count_correct(&out[0], &labels)?;
+        r.top1 += c1 as f64;
+        r.top5 += c5 as f64;
+        loss_sum += xent_sum(&out[0], &labels)?;
+        r.examples += labels.len();
+    }
+    if r.examples == 0 {
+        bail!("the evaluation split is empty");
+    }
+    let n = r.examples as f64;
+    r.top1 /= n;
+    r.top5 /= n;
+    r.loss = loss_sum / n;
+    Ok(r)
+}
+
+/// (top-1 correct, top-5 correct) of `logits` `[n, classes]`.
+pub fn count_correct(logits: &Tensor, labels: &[i32]) -> Result<(usize, usize)> {
+    let (n, c) = logits_shape(logits, labels)?;
+    let v = logits.f32s("logits")?;
+    let (mut top1, mut top5) = (0, 0);
+    for (row, &label) in v.chunks_exact(c).take(n).zip(labels) {
+        let target = row[label as usize];
+        // Rank of the label: classes scoring strictly higher, ties broken
+        // towards the lower index as argmax does.
+        let above = row
+            .iter()
+            .enumerate()
+            .filter(|&(j, &x)| x > target || (x == target && j < label as usize))
+            .count();
+        top1 += usize::from(above == 0);
+        top5 += usize::from(above < 5);
+    }
+    Ok((top1, top5))
+}
+
+/// Summed softmax cross-entropy, in f64.
+fn xent_sum(logits: &Tensor, labels: &[i32]) -> Result<f64> {
+    let (_, c) = logits_shape(logits, labels)?;
+    let v = logits.f32s("logits")?;
+    Ok(v.chunks_exact(c)
+        .zip(labels)
+        .map(|(row, &l)| {
+            let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+            let s: f64 = row.iter().map(|&x| (x as f64 - m).exp()).sum();
+            m + s.ln() - row[l as usize] as f64
+        })
+        .sum())
+}
+
+fn logits_shape(logits: &Tensor, labels: &[i32]) -> Result<(usize, usize)> {
+    let s = logits.shape();
+    if s.len() != 2 || s[0] != labels.len() || s[1] == 0 {
+        bail!("logits of shape {s:?} do not match {} labels", labels.len());
+    }
+    if let Some(l) = labels.iter().find(|&&l| l < 0 || l as usize >= s[1]) {
+        bail!("label {l} outside 0..{}", s[1]);
+    }
+    Ok((s[0], s[1]))
+}
+
+/// A checkpoint read back: where it is, its tensors, its manifest.
+pub type Loaded = (
+    Checkpoint,
+    Vec<(String, Tensor)>,
+    psflow_worker::run::Manifest,
+);
+
+/// The latest checkpoint of a run's checkpoint directory, loaded.
+pub fn load_latest(dir: &std::path::Path) -> Result<Option<Loaded>> {
+    let Some(ckpt) = Checkpoint::latest(dir)? else {
+        return Ok(None);
+    };
+    let (tensors, manifest) = ckpt
+        .load()
+        .with_context(|| format!("reading {}", ckpt.path.display()))?;
+    Ok(Some((ckpt, tensors, manifest)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top1_top5_and_cross_entropy_on_the_host() {
+        // Row 0: label 2 is the maximum; row 1: label 0 is 6th of 6;
+        // row 2: a tie between classes 1 and 3 goes to the lower index.
+        let logits = Tensor::new(
+            vec![3, 6],
+            vec![
+                0.0f32, 1.0, 5.0, 2.0, 3.0, 4.0, //
+                -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, //
+                0.0, 2.0, 0.0, 2.0, 1.0, 1.0,
+            ],
+        )
+        .unwrap();
+        assert_eq!(count_correct(&logits, &[2, 0, 1]).unwrap(), (2, 2));
+        assert_eq!(count_correct(&logits, &[2, 1, 3]).unwrap(), (1, 3));
+        let x = xent_sum(&logits, &[2, 0, 1]).unwrap();
+        let want: f64 = [(0usize, 2usize), (1, 0), (2, 1)]
+            .iter()
+            .map(|&(r, l)| {
+                let row = &logits.f32s("t").unwrap()[r * 6..r * 6 + 6];
+                let z: f64 = row.iter().map(|&v| (v as f64).exp()).sum();
+                z.ln() - row[l] as f64
+            })
+            .sum();
+        assert!((x - want).abs() < 1e-9, "{x} vs {want}");
+        assert!(count_correct(&logits, &[0, 6, 0]).is_err());
+        assert!(count_correct(&logits, &[0, 1]).is_err());
+    }
+}
