@@ -206,17 +206,26 @@ pub fn softmax_cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<(Tensor
     ))
 }
 
+/// `Σ f(x)` over fixed chunks summed in parallel, the partials added in
+/// chunk order: the same bits whatever the scheduling.
+fn ordered_sum<T: Copy + Sync>(v: &[T], f: impl Fn(T) -> f64 + Sync) -> f64 {
+    const CHUNK: usize = 1 << 14;
+    let partials: Vec<f64> = v
+        .par_chunks(CHUNK)
+        .map(|c| c.iter().map(|&a| f(a)).sum::<f64>())
+        .collect();
+    partials.iter().sum()
+}
+
 /// `L2Loss`: `sum(x²) / 2` as a scalar.
 pub fn l2_loss(x: &Tensor) -> Result<Tensor> {
     let op = "L2Loss";
     match x.data() {
         Data::F32(v) => {
-            let s: f64 = v.par_iter().map(|&a| a as f64 * a as f64).sum();
+            let s = ordered_sum(v, |a| a as f64 * a as f64);
             Ok(Tensor::scalar((s / 2.0) as f32))
         }
-        Data::F64(v) => Ok(Tensor::scalar(
-            v.par_iter().map(|&a| a * a).sum::<f64>() / 2.0,
-        )),
+        Data::F64(v) => Ok(Tensor::scalar(ordered_sum(v, |a| a * a) / 2.0)),
         _ => Err(Error::DType {
             op,
             what: "input",

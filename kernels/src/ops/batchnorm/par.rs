@@ -52,17 +52,16 @@ where
     if tasks <= 1 {
         return one_task(0);
     }
-    (0..tasks)
-        .into_par_iter()
-        .map(one_task)
-        .reduce_with(|(mut a, mut b), (a2, b2)| {
-            for j in 0..c {
-                a[j] += a2[j];
-                b[j] += b2[j];
-            }
-            (a, b)
-        })
-        .unwrap_or_else(|| (vec![0.0; c], vec![0.0; c]))
+    // Added in task order, so the sums do not depend on scheduling.
+    let partials: Vec<(Vec<f64>, Vec<f64>)> = (0..tasks).into_par_iter().map(one_task).collect();
+    let (mut a, mut b) = (vec![0f64; c], vec![0f64; c]);
+    for (a2, b2) in &partials {
+        for j in 0..c {
+            a[j] += a2[j];
+            b[j] += b2[j];
+        }
+    }
+    (a, b)
 }
 
 /// Fills a new buffer of `rows · c` elements: `kernel(rows, out)` writes

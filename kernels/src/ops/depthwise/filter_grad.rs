@@ -55,23 +55,30 @@ impl FilterGrad<'_> {
         let group = group_size(self.n, img_bytes, oh);
         // One item per (group of images, output row), so that small images
         // give long runs and a batch of one still splits over the threads.
-        (0..self.n.div_ceil(group) * oh)
+        // The items are cut into a fixed number of contiguous tasks, each
+        // with its own partial sum, and the partials are added in task
+        // order: the result does not depend on rayon's scheduling.
+        let items = self.n.div_ceil(group) * oh;
+        let tasks = (crate::threads::current() * 4).clamp(1, items.max(1));
+        let per_task = items.div_ceil(tasks);
+        let partials: Vec<Vec<f32>> = (0..tasks)
             .into_par_iter()
-            .fold(
-                || (vec![0f32; len], Vec::with_capacity(max_taps)),
-                |(mut acc, mut taps), idx| {
+            .map(|t| {
+                let mut acc = vec![0f32; len];
+                let mut taps = Vec::with_capacity(max_taps);
+                for idx in t * per_task..((t + 1) * per_task).min(items) {
                     let first = (idx / oh) * group;
                     let lines = group.min(self.n - first);
                     self.row(&mut acc, &mut taps, &blocks, (first, lines), idx % oh);
-                    (acc, taps)
-                },
-            )
-            .map(|(acc, _)| acc)
-            .reduce_with(|mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                a
+                }
+                acc
             })
-            .unwrap_or_else(|| vec![0.0; len])
+            .collect();
+        let mut sum = vec![0f32; len];
+        for part in &partials {
+            sum.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+        }
+        sum
     }
 
     /// Adds the products of output row `i` of images `first..first + lines`

@@ -63,7 +63,9 @@ pub fn bias_add_grad(dy: &Tensor) -> Result<Tensor> {
     let rows_per_task = rows
         .div_ceil(tasks)
         .max((ROWS_PER_TASK_MIN_ELEMS / c).max(1));
-    let sum = v
+    // Partial sums per fixed chunk, added in chunk order: the result does
+    // not depend on how rayon happened to schedule the chunks.
+    let partials: Vec<Vec<f32>> = v
         .par_chunks(rows_per_task * c)
         .map(|chunk| {
             let mut acc = vec![0f32; c];
@@ -74,12 +76,10 @@ pub fn bias_add_grad(dy: &Tensor) -> Result<Tensor> {
             }
             acc
         })
-        .reduce(
-            || vec![0f32; c],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += *y);
-                a
-            },
-        );
+        .collect();
+    let mut sum = vec![0f32; c];
+    for part in &partials {
+        sum.iter_mut().zip(part).for_each(|(x, y)| *x += *y);
+    }
     Tensor::new(vec![c], sum)
 }
