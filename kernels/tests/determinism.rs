@@ -37,7 +37,6 @@ fn same_every_time(what: &str, f: impl Fn() -> Vec<Tensor>) {
 fn batch_reductions_are_deterministic() {
     let x = random(&[64, 16, 16, 32], 1);
     let dy = random(&[64, 16, 16, 32], 2);
-    let f = random(&[3, 3, 32, 1], 3);
     let p = Conv2dParams {
         strides: [1, 1],
         padding: Padding::Same,
