@@ -53,6 +53,9 @@ enum Command {
     Train(Box<commands::train::TrainArgs>),
     /// Top-1 / top-5 of a training run's latest checkpoint.
     Eval(commands::eval::EvalArgs),
+    /// Write a run's latest checkpoint as a frozen inference GraphDef
+    /// (weights as constants, batch norm folded) for `psflow run` or TensorFlow.
+    Export(commands::export::ExportArgs),
     /// Measure psflow's kernels and programs.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -124,6 +127,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         }
         Command::Graph(cmd) => commands::graph::dispatch(cmd),
         Command::Eval(args) => user_result(commands::eval::run(&args)),
+        Command::Export(args) => user_result(commands::export::run(&args)),
         Command::Train(args) => user_result(commands::train::run(&args)),
         Command::Bench(BenchCommand::Train(args)) => user_result(bench::train::run(&args)),
         Command::Bench(BenchCommand::Kernels {

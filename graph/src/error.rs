@@ -128,6 +128,11 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A graph that cannot be frozen or exported as asked (a variable with
+    /// no value, a variable used other than by reading it, …).
+    #[error("export: node {node:?}: {detail}")]
+    Export { node: String, detail: String },
+
     /// A resource (variable) the graph refers to that does not exist.
     #[error("node {node:?}: resource {resource:?}: {detail}")]
     Resource {

@@ -7,12 +7,15 @@
 //! - [`validate()`], [`Graph::prune`]: checks and pruning.
 //! - [`Session`]: runs a graph for feeds, fetches and targets, in parallel.
 //! - [`format::npy`]: `.npy` tensors in and out.
+//! - [`export`]: frozen inference GraphDefs (variables as constants,
+//!   batch norm folded into the convolutions).
 
 mod attrs;
 pub mod autodiff;
 pub mod dtype;
 mod error;
 pub mod executor;
+pub mod export;
 pub mod format;
 pub mod infer;
 mod ir;

@@ -1,6 +1,7 @@
 //! Client commands, one module each.
 
 pub mod eval;
+pub mod export;
 pub mod graph;
 pub mod run;
 pub mod train;
