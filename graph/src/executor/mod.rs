@@ -3,18 +3,23 @@
 //! [`plan::Plan`], cached. Nodes whose inputs are ready run in parallel on
 //! the rayon pool; a tensor is freed as soon as its last consumer has read
 //! it (a consumer that takes the last reference may reuse its buffer).
+//! [`Session::run_profiled`] also times every kernel ([`Profile`]).
 
 mod feed;
 mod plan;
+mod profile;
 mod resources;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use psflow_kernels::{DType, Tensor};
 
 pub use feed::cast_lossless;
 use plan::Plan;
+use profile::Timer;
+pub use profile::{NodeTiming, OpTotal, Profile};
 pub use resources::{ResourceStore, VarSlot};
 
 use crate::ir::{Graph, TensorName};
@@ -109,6 +114,37 @@ impl Session {
         fetches: &[TensorName],
         targets: &[String],
     ) -> Result<Vec<Tensor>> {
+        self.run_with(feeds, fetches, targets, None)
+    }
+
+    /// [`run`](Self::run), timing every kernel that computes: the
+    /// outputs and a [`Profile`] of the run (per node: op, output shapes,
+    /// start/end, self time, thread). A plain `run` pays nothing for this.
+    pub fn run_profiled(
+        &self,
+        feeds: &[(TensorName, Tensor)],
+        fetches: &[TensorName],
+        targets: &[String],
+    ) -> Result<(Vec<Tensor>, Profile)> {
+        let origin = Instant::now();
+        let mut timings = Vec::new();
+        let out = self.run_with(feeds, fetches, targets, Some((origin, &mut timings)))?;
+        Ok((
+            out,
+            Profile {
+                wall: origin.elapsed(),
+                nodes: timings,
+            },
+        ))
+    }
+
+    fn run_with(
+        &self,
+        feeds: &[(TensorName, Tensor)],
+        fetches: &[TensorName],
+        targets: &[String],
+        profile: Option<(Instant, &mut Vec<NodeTiming>)>,
+    ) -> Result<Vec<Tensor>> {
         let mut names: Vec<TensorName> = feeds.iter().map(|(t, _)| t.clone()).collect();
         names.sort();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
@@ -121,7 +157,7 @@ impl Session {
         for (name, t) in feeds {
             slots[plan.feed_slots[name]] = Some(self.check_feed(name, t)?);
         }
-        self.execute(&plan, slots)
+        self.execute(&plan, slots, profile)
     }
 
     fn plan(
@@ -198,15 +234,26 @@ impl Session {
         }
     }
 
-    fn execute(&self, plan: &Plan, slots: Vec<Option<Tensor>>) -> Result<Vec<Tensor>> {
+    fn execute(
+        &self,
+        plan: &Plan,
+        slots: Vec<Option<Tensor>>,
+        profile: Option<(Instant, &mut Vec<NodeTiming>)>,
+    ) -> Result<Vec<Tensor>> {
+        let (origin, timings) = match profile {
+            Some((origin, timings)) => (Some(origin), Some(timings)),
+            None => (None, None),
+        };
         let run = Run {
             session: self,
             plan,
+            origin,
             state: Mutex::new(RunState {
                 slots,
                 uses_left: plan.uses.clone(),
                 pending: plan.pending.clone(),
                 error: None,
+                timings: Vec::new(),
             }),
         };
         let ready: Vec<usize> = (0..plan.nodes.len())
@@ -221,6 +268,9 @@ impl Session {
         let mut state = run.state.into_inner().expect("run state lock");
         if let Some(e) = state.error.take() {
             return Err(e);
+        }
+        if let Some(t) = timings {
+            *t = std::mem::take(&mut state.timings);
         }
         plan.fetch_slots
             .iter()
@@ -265,11 +315,15 @@ struct RunState {
     uses_left: Vec<usize>,
     pending: Vec<usize>,
     error: Option<Error>,
+    /// Kernel timings, when the run is profiled.
+    timings: Vec<NodeTiming>,
 }
 
 struct Run<'a> {
     session: &'a Session,
     plan: &'a Plan,
+    /// When the run began; Some only when it is profiled.
+    origin: Option<Instant>,
     state: Mutex<RunState>,
 }
 
@@ -306,17 +360,41 @@ impl<'a> Run<'a> {
                 inputs,
                 resources: &self.session.resources,
             };
-            let result = if self.plan.skip[p] {
+            let skip = self.plan.skip[p];
+            let timer = (self.origin.is_some() && !skip).then(Timer::start);
+            let result = if skip {
                 Ok(vec![])
             } else {
                 kernel.compute(&mut ctx)
             };
             drop(ctx);
+            let timing = match (timer, self.origin, &result) {
+                (Some(timer), Some(origin), Ok(outs)) => {
+                    let (start, end, self_time) = timer.finish(origin);
+                    Some(NodeTiming {
+                        node: node.name.clone(),
+                        op: node.op.clone(),
+                        output_shapes: outs.iter().map(|t| t.shape().to_vec()).collect(),
+                        start,
+                        end,
+                        self_time,
+                        thread: rayon::current_thread_index(),
+                    })
+                }
+                (Some(timer), Some(origin), Err(_)) => {
+                    timer.finish(origin);
+                    None
+                }
+                _ => None,
+            };
             let mut ready = Vec::new();
             {
                 let mut st = self.state.lock().expect("run state lock");
                 match result {
-                    Ok(outs) if outs.len() == kernel.num_outputs() || self.plan.skip[p] => {
+                    Ok(outs) if outs.len() == kernel.num_outputs() || skip => {
+                        if let Some(t) = timing {
+                            st.timings.push(t);
+                        }
                         for (t, slot) in outs.into_iter().zip(&self.plan.outputs[p]) {
                             if let Some(s) = slot {
                                 st.slots[*s] = Some(t);
