@@ -68,6 +68,7 @@ fn json_has_step_statistics_and_a_profile() {
     assert!((ips - 8e3 / sorted[1]).abs() < 1e-6 * ips, "{v}");
 
     let p = &v["profile"];
+    assert_eq!(p["schedule"], "serial");
     let nodes = p["nodes"].as_u64().unwrap();
     assert!(nodes > 300, "{p}");
     let by_op = p["by_op"].as_array().unwrap();
@@ -92,10 +93,21 @@ fn json_has_step_statistics_and_a_profile() {
 
 #[test]
 fn table_lists_op_types_and_slowest_nodes() {
-    let o = bench(&[]);
+    let o = bench(&["--profile-schedule", "parallel"]);
     ok(&o);
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains("profile of one step"), "{text}");
+    assert!(
+        text.contains("profile of one step (parallel schedule)"),
+        "{text}"
+    );
     assert!(text.contains("Conv2DBackpropFilter"), "{text}");
     assert!(text.contains("slowest 15 nodes"), "{text}");
+}
+
+#[test]
+fn unknown_schedule_is_a_usage_error() {
+    let o = bench(&["--profile-schedule", "sideways"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("parallel or serial"), "{err}");
 }

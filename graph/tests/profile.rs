@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use psflow_graph::train::builder::{build_training_graph, TrainConfig, TrainGraph, TrainableVar};
 use psflow_graph::zoo::{mobilenet_v1, MobileNetConfig, Model};
-use psflow_graph::{Registry, ResourceStore, Session, Tensor, TensorName};
+use psflow_graph::{Profile, Registry, ResourceStore, Schedule, Session, Tensor, TensorName};
 
 const BATCH: usize = 4;
 const RES: usize = 16;
@@ -76,10 +76,31 @@ fn feeds(model: &Model, tg: &TrainGraph) -> Vec<(TensorName, Tensor)> {
 #[test]
 fn profile_covers_every_computed_node_once_and_adds_up() {
     let (session, model, tg) = training_session();
-    let feeds = feeds(&model, &tg);
+    for schedule in [Schedule::Parallel, Schedule::Serial] {
+        let p = check_step_profile(&session, &model, &tg, schedule);
+        assert_eq!(p.schedule, schedule);
+        if schedule == Schedule::Serial {
+            // One kernel at a time: the intervals follow each other.
+            let mut spans: Vec<_> = p.nodes.iter().map(|n| (n.start, n.end)).collect();
+            spans.sort();
+            assert!(spans.windows(2).all(|w| w[0].1 <= w[1].0), "{p:?}");
+            assert_eq!(p.busy(), p.kernel_total());
+        }
+    }
+}
+
+fn check_step_profile(
+    session: &Session,
+    model: &Model,
+    tg: &TrainGraph,
+    schedule: Schedule,
+) -> Profile {
+    let feeds = feeds(model, tg);
     let fetches = [tg.total_loss.clone(), model.logits.clone()];
     let targets = [tg.train_op.clone()];
-    let (out, profile) = session.run_profiled(&feeds, &fetches, &targets).unwrap();
+    let (out, profile) = session
+        .run_profiled(&feeds, &fetches, &targets, schedule)
+        .unwrap();
 
     // Every planned node except the fed placeholders computes, once.
     let fed: BTreeSet<&str> = feeds.iter().map(|(t, _)| t.node.as_str()).collect();
@@ -144,6 +165,7 @@ fn profile_covers_every_computed_node_once_and_adds_up() {
     let top = profile.top_nodes(15);
     assert_eq!(top.len(), 15);
     assert!(top.windows(2).all(|w| w[0].self_time >= w[1].self_time));
+    profile
 }
 
 /// Profiling only observes: a profiled step gives the same losses and
@@ -155,9 +177,11 @@ fn profiled_step_equals_plain_step() {
     let feeds = feeds(&model, &tg);
     let fetches = [tg.total_loss.clone()];
     let targets = [tg.train_op.clone()];
-    for _ in 0..2 {
+    for schedule in [Schedule::Parallel, Schedule::Serial] {
         let a = plain.run(&feeds, &fetches, &targets).unwrap();
-        let (b, _) = profiled.run_profiled(&feeds, &fetches, &targets).unwrap();
+        let (b, _) = profiled
+            .run_profiled(&feeds, &fetches, &targets, schedule)
+            .unwrap();
         assert_eq!(a, b);
     }
     let (a, b) = (plain.resources(), profiled.resources());

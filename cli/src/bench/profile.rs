@@ -1,5 +1,8 @@
 //! A [`Profile`] of one step for people (two tables) and programs (JSON):
-//! time per op type and the slowest nodes.
+//! time per op type and the slowest nodes. The step is scheduled serially
+//! by default (one kernel at a time, each with every thread: per-kernel
+//! times are clean and add up to the step) or as the timed steps run
+//! (`--profile-schedule parallel`).
 //!
 //! Times are kernel **self** times (a kernel's interval less the kernels
 //! rayon ran nested inside it on the same thread); percentages are of their
@@ -43,8 +46,9 @@ pub fn render(p: &Profile, threads: usize) -> String {
     let kernel = p.kernel_total();
     let busy = p.busy();
     let mut out = format!(
-        "profile of one step: {:.1} ms wall, {:.1} ms of kernels over {threads} threads \
+        "profile of one step ({} schedule): {:.1} ms wall, {:.1} ms of kernels over {threads} threads \
          ({} nodes), {:.1} ms with no kernel running\n\n",
+        p.schedule.name(),
         ms(p.wall),
         ms(kernel),
         p.nodes.len(),
@@ -110,6 +114,7 @@ pub fn to_json(p: &Profile, threads: usize) -> Value {
         })
         .collect();
     json!({
+        "schedule": p.schedule.name(),
         "step_ms": ms(p.wall),
         "kernel_ms": ms(kernel),
         "busy_ms": ms(busy),

@@ -12,7 +12,7 @@ use clap::Args;
 use psflow_graph::train::optimizer::{MomentumConfig, Optimizer, RmsPropConfig, SgdConfig};
 use psflow_graph::train::schedule::{ConstantLr, LrSchedule};
 use psflow_graph::zoo::Architecture;
-use psflow_graph::Tensor;
+use psflow_graph::{Schedule, Tensor};
 use psflow_worker::data::rng::Rng;
 use serde_json::json;
 
@@ -44,6 +44,12 @@ pub struct BenchTrainArgs {
     /// the time per op type and the slowest nodes (`profile` in the JSON).
     #[arg(long)]
     pub profile: bool,
+    /// How the profiled step schedules its nodes: serial (one kernel at a
+    /// time with every thread: clean per-kernel times that add up to the
+    /// step) or parallel (as the timed steps: the real overlap, but a kernel
+    /// waiting for a thread busy with another node counts the wait).
+    #[arg(long, default_value = "serial", value_parser = |s: &str| s.parse::<Schedule>())]
+    pub profile_schedule: Schedule,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -153,7 +159,8 @@ fn bench(args: &BenchTrainArgs, cfg: &RunConfig) -> Result<()> {
     let ips_median = b as f64 / spread.median;
     let threads = psflow_kernels::threads::current();
     let profile = if args.profile {
-        let (out, p) = trainer.step_profiled(images.clone(), labels.clone(), 0.01)?;
+        let (out, p) =
+            trainer.step_profiled(images.clone(), labels.clone(), 0.01, args.profile_schedule)?;
         finite(&out)?;
         Some(p)
     } else {

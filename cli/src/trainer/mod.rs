@@ -16,7 +16,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use psflow_graph::train::builder::{build_training_graph, TrainConfig, TrainGraph, TrainableVar};
 use psflow_graph::zoo::Model;
-use psflow_graph::{Profile, Registry, ResourceStore, Session, Tensor};
+use psflow_graph::{Profile, Registry, ResourceStore, Schedule, Session, Tensor};
 use psflow_worker::data::{Batch, Dataset, Pipeline, PipelineConfig};
 use psflow_worker::run::{Checkpoint, Losses};
 
@@ -116,17 +116,19 @@ impl Trainer {
 
     /// One training step on `images` / `labels` with learning rate `lr`.
     pub fn step(&self, images: Tensor, labels: Tensor, lr: f32) -> Result<StepOutput> {
-        Ok(self.step_with(images, labels, lr, false)?.0)
+        Ok(self.step_with(images, labels, lr, None)?.0)
     }
 
-    /// [`step`](Self::step), timing every kernel ([`Profile`]).
+    /// [`step`](Self::step), timing every kernel ([`Profile`]) with the
+    /// nodes scheduled as `schedule` says.
     pub fn step_profiled(
         &self,
         images: Tensor,
         labels: Tensor,
         lr: f32,
+        schedule: Schedule,
     ) -> Result<(StepOutput, Profile)> {
-        let (out, profile) = self.step_with(images, labels, lr, true)?;
+        let (out, profile) = self.step_with(images, labels, lr, Some(schedule))?;
         Ok((out, profile.expect("profiled run")))
     }
 
@@ -135,7 +137,7 @@ impl Trainer {
         images: Tensor,
         labels: Tensor,
         lr: f32,
-        profile: bool,
+        profile: Option<Schedule>,
     ) -> Result<(StepOutput, Option<Profile>)> {
         let label_values: Vec<i32> = labels.values::<i32>("labels")?.to_vec();
         let feeds = [
@@ -150,10 +152,10 @@ impl Trainer {
             self.model.logits.clone(),
         ];
         let targets = std::slice::from_ref(&self.graph.train_op);
-        let (out, profile) = if profile {
+        let (out, profile) = if let Some(schedule) = profile {
             let (out, p) = self
                 .session
-                .run_profiled(&feeds, &fetches, targets)
+                .run_profiled(&feeds, &fetches, targets, schedule)
                 .context("training step")?;
             (out, Some(p))
         } else {

@@ -19,7 +19,7 @@ use psflow_kernels::{DType, Tensor};
 pub use feed::cast_lossless;
 use plan::Plan;
 use profile::Timer;
-pub use profile::{NodeTiming, OpTotal, Profile};
+pub use profile::{NodeTiming, OpTotal, Profile, Schedule};
 pub use resources::{ResourceStore, VarSlot};
 
 use crate::ir::{Graph, TensorName};
@@ -119,20 +119,30 @@ impl Session {
 
     /// [`run`](Self::run), timing every kernel that computes: the
     /// outputs and a [`Profile`] of the run (per node: op, output shapes,
-    /// start/end, self time, thread). A plain `run` pays nothing for this.
+    /// start/end, self time, thread). [`Schedule::Parallel`] schedules as
+    /// `run` does; [`Schedule::Serial`] runs one node at a time, in plan
+    /// order, so each kernel has every thread to itself and its time is
+    /// its own. A plain `run` pays nothing for profiling.
     pub fn run_profiled(
         &self,
         feeds: &[(TensorName, Tensor)],
         fetches: &[TensorName],
         targets: &[String],
+        schedule: Schedule,
     ) -> Result<(Vec<Tensor>, Profile)> {
         let origin = Instant::now();
         let mut timings = Vec::new();
-        let out = self.run_with(feeds, fetches, targets, Some((origin, &mut timings)))?;
+        let profiling = Profiling {
+            origin,
+            timings: &mut timings,
+            schedule,
+        };
+        let out = self.run_with(feeds, fetches, targets, Some(profiling))?;
         Ok((
             out,
             Profile {
                 wall: origin.elapsed(),
+                schedule,
                 nodes: timings,
             },
         ))
@@ -143,7 +153,7 @@ impl Session {
         feeds: &[(TensorName, Tensor)],
         fetches: &[TensorName],
         targets: &[String],
-        profile: Option<(Instant, &mut Vec<NodeTiming>)>,
+        profile: Option<Profiling<'_>>,
     ) -> Result<Vec<Tensor>> {
         let mut names: Vec<TensorName> = feeds.iter().map(|(t, _)| t.clone()).collect();
         names.sort();
@@ -238,11 +248,11 @@ impl Session {
         &self,
         plan: &Plan,
         slots: Vec<Option<Tensor>>,
-        profile: Option<(Instant, &mut Vec<NodeTiming>)>,
+        profile: Option<Profiling<'_>>,
     ) -> Result<Vec<Tensor>> {
-        let (origin, timings) = match profile {
-            Some((origin, timings)) => (Some(origin), Some(timings)),
-            None => (None, None),
+        let (origin, timings, schedule) = match profile {
+            Some(p) => (Some(p.origin), Some(p.timings), p.schedule),
+            None => (None, None, Schedule::Parallel),
         };
         let run = Run {
             session: self,
@@ -259,12 +269,20 @@ impl Session {
         let ready: Vec<usize> = (0..plan.nodes.len())
             .filter(|&p| plan.pending[p] == 0)
             .collect();
-        rayon::scope(|s| {
-            for p in ready {
-                let run = &run;
-                s.spawn(move |s| run.node(s, p));
+        match schedule {
+            Schedule::Parallel => rayon::scope(|s| {
+                for p in ready {
+                    let run = &run;
+                    s.spawn(move |s| run.node(s, p));
+                }
+            }),
+            // Plan order is topological: every node's inputs are ready.
+            Schedule::Serial => {
+                for p in 0..plan.nodes.len() {
+                    run.compute(p);
+                }
             }
-        });
+        }
         let mut state = run.state.into_inner().expect("run state lock");
         if let Some(e) = state.error.take() {
             return Err(e);
@@ -310,6 +328,13 @@ impl Session {
     }
 }
 
+/// What a profiled run records into and how it schedules.
+struct Profiling<'t> {
+    origin: Instant,
+    timings: &'t mut Vec<NodeTiming>,
+    schedule: Schedule,
+}
+
 struct RunState {
     slots: Vec<Option<Tensor>>,
     uses_left: Vec<usize>,
@@ -335,101 +360,104 @@ impl<'a> Run<'a> {
         'a: 's,
     {
         loop {
-            let id = self.plan.nodes[p];
-            let inputs = {
-                let mut st = self.state.lock().expect("run state lock");
-                if st.error.is_some() {
-                    return;
-                }
-                let mut inputs = Vec::with_capacity(self.plan.inputs[p].len());
-                for &s in &self.plan.inputs[p] {
-                    st.uses_left[s] -= 1;
-                    let t = if st.uses_left[s] == 0 {
-                        st.slots[s].take()
-                    } else {
-                        st.slots[s].clone()
-                    };
-                    inputs.push(t.expect("inputs are produced before consumers run"));
-                }
-                inputs
-            };
-            let node = &self.session.graph.nodes()[id];
-            let kernel = &self.session.kernels[id];
-            let mut ctx = OpContext {
-                node,
-                inputs,
-                resources: &self.session.resources,
-            };
-            let skip = self.plan.skip[p];
-            let timer = (self.origin.is_some() && !skip).then(Timer::start);
-            let result = if skip {
-                Ok(vec![])
-            } else {
-                kernel.compute(&mut ctx)
-            };
-            drop(ctx);
-            let timing = match (timer, self.origin, &result) {
-                (Some(timer), Some(origin), Ok(outs)) => {
-                    let (start, end, self_time) = timer.finish(origin);
-                    Some(NodeTiming {
-                        node: node.name.clone(),
-                        op: node.op.clone(),
-                        output_shapes: outs.iter().map(|t| t.shape().to_vec()).collect(),
-                        start,
-                        end,
-                        self_time,
-                        thread: rayon::current_thread_index(),
-                    })
-                }
-                (Some(timer), Some(origin), Err(_)) => {
-                    timer.finish(origin);
-                    None
-                }
-                _ => None,
-            };
-            let mut ready = Vec::new();
-            {
-                let mut st = self.state.lock().expect("run state lock");
-                match result {
-                    Ok(outs) if outs.len() == kernel.num_outputs() || skip => {
-                        if let Some(t) = timing {
-                            st.timings.push(t);
-                        }
-                        for (t, slot) in outs.into_iter().zip(&self.plan.outputs[p]) {
-                            if let Some(s) = slot {
-                                st.slots[*s] = Some(t);
-                            }
-                        }
-                        for &c in &self.plan.consumers[p] {
-                            st.pending[c] -= 1;
-                            if st.pending[c] == 0 {
-                                ready.push(c);
-                            }
-                        }
-                    }
-                    Ok(outs) => {
-                        st.error.get_or_insert(Error::InvalidNode {
-                            node: node.name.clone(),
-                            detail: format!(
-                                "kernel returned {} outputs, expected {}",
-                                outs.len(),
-                                kernel.num_outputs()
-                            ),
-                        });
-                        return;
-                    }
-                    Err(e) => {
-                        st.error.get_or_insert(e);
-                        return;
-                    }
-                }
-            }
+            let mut ready = self.compute(p);
             let Some(next) = ready.pop() else { return };
             for c in ready {
                 scope.spawn(move |s| self.node(s, c));
             }
             p = next;
         }
+    }
+
+    /// Runs plan node `p` and returns the plan nodes it made ready (none
+    /// once the run has failed).
+    fn compute(&self, p: usize) -> Vec<usize> {
+        let id = self.plan.nodes[p];
+        let inputs = {
+            let mut st = self.state.lock().expect("run state lock");
+            if st.error.is_some() {
+                return vec![];
+            }
+            let mut inputs = Vec::with_capacity(self.plan.inputs[p].len());
+            for &s in &self.plan.inputs[p] {
+                st.uses_left[s] -= 1;
+                let t = if st.uses_left[s] == 0 {
+                    st.slots[s].take()
+                } else {
+                    st.slots[s].clone()
+                };
+                inputs.push(t.expect("inputs are produced before consumers run"));
+            }
+            inputs
+        };
+        let node = &self.session.graph.nodes()[id];
+        let kernel = &self.session.kernels[id];
+        let mut ctx = OpContext {
+            node,
+            inputs,
+            resources: &self.session.resources,
+        };
+        let skip = self.plan.skip[p];
+        let timer = (self.origin.is_some() && !skip).then(Timer::start);
+        let result = if skip {
+            Ok(vec![])
+        } else {
+            kernel.compute(&mut ctx)
+        };
+        drop(ctx);
+        let timing = match (timer, self.origin, &result) {
+            (Some(timer), Some(origin), Ok(outs)) => {
+                let (start, end, self_time) = timer.finish(origin);
+                Some(NodeTiming {
+                    node: node.name.clone(),
+                    op: node.op.clone(),
+                    output_shapes: outs.iter().map(|t| t.shape().to_vec()).collect(),
+                    start,
+                    end,
+                    self_time,
+                    thread: rayon::current_thread_index(),
+                })
+            }
+            (Some(timer), Some(origin), Err(_)) => {
+                timer.finish(origin);
+                None
+            }
+            _ => None,
+        };
+        let mut ready = Vec::new();
+        let mut st = self.state.lock().expect("run state lock");
+        match result {
+            Ok(outs) if outs.len() == kernel.num_outputs() || skip => {
+                if let Some(t) = timing {
+                    st.timings.push(t);
+                }
+                for (t, slot) in outs.into_iter().zip(&self.plan.outputs[p]) {
+                    if let Some(s) = slot {
+                        st.slots[*s] = Some(t);
+                    }
+                }
+                for &c in &self.plan.consumers[p] {
+                    st.pending[c] -= 1;
+                    if st.pending[c] == 0 {
+                        ready.push(c);
+                    }
+                }
+            }
+            Ok(outs) => {
+                st.error.get_or_insert(Error::InvalidNode {
+                    node: node.name.clone(),
+                    detail: format!(
+                        "kernel returned {} outputs, expected {}",
+                        outs.len(),
+                        kernel.num_outputs()
+                    ),
+                });
+            }
+            Err(e) => {
+                st.error.get_or_insert(e);
+            }
+        }
+        ready
     }
 }
 

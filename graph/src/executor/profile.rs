@@ -51,11 +51,46 @@ pub struct OpTotal {
     pub total: Duration,
 }
 
+/// How a profiled run schedules its nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Schedule {
+    /// As [`Session::run`](super::Session::run): ready nodes side by side
+    /// on the rayon pool. The step's real shape, but a kernel waiting in a
+    /// parallel join for a thread busy with another node counts the wait
+    /// as its own time.
+    #[default]
+    Parallel,
+    /// One node at a time in plan order, each kernel with all threads to
+    /// itself: clean per-kernel times that add up to the step.
+    Serial,
+}
+
+impl Schedule {
+    pub fn name(self) -> &'static str {
+        match self {
+            Schedule::Parallel => "parallel",
+            Schedule::Serial => "serial",
+        }
+    }
+}
+
+impl std::str::FromStr for Schedule {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Schedule, String> {
+        match s {
+            "parallel" => Ok(Schedule::Parallel),
+            "serial" => Ok(Schedule::Serial),
+            _ => Err(format!("unknown schedule {s:?}: use parallel or serial")),
+        }
+    }
+}
+
 /// The timings of one run, in the order the kernels finished.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Profile {
     /// The whole run: plan lookup, feed checks, scheduling and kernels.
     pub wall: Duration,
+    pub schedule: Schedule,
     pub nodes: Vec<NodeTiming>,
 }
 
@@ -194,6 +229,7 @@ mod tests {
     fn busy_is_the_union_of_intervals() {
         let p = Profile {
             wall: Duration::from_millis(20),
+            schedule: Schedule::Parallel,
             nodes: vec![
                 timing("A", 0, 4, 4),
                 timing("B", 2, 6, 4),
