@@ -75,8 +75,14 @@ trap 'rm -rf "$tmp"' EXIT
 
 run_tf() { # alpha repeat [--profile]
     echo "  TensorFlow  alpha $1 (repeat $2)" >&2
-    "$venv/bin/python" "$here/tf_train.py" --alphas "$1" --steps "$steps" --warmup "$warmup" \
-        --classes "$classes" --variants "$variants" ${3:+"$3"} >"$tmp/tf-$1-$2.json"
+    # TensorFlow's start-up chatter goes to a log, shown only on failure.
+    if ! "$venv/bin/python" "$here/tf_train.py" --alphas "$1" --steps "$steps" --warmup "$warmup" \
+        --classes "$classes" --variants "$variants" ${3:+"$3"} \
+        >"$tmp/tf-$1-$2.json" 2>"$tmp/tf-$1-$2.log"; then
+        cat "$tmp/tf-$1-$2.log" >&2
+        echo "compare_train.sh: tf_train.py failed for alpha $1" >&2
+        exit 1
+    fi
 }
 run_psflow() { # alpha repeat [--profile]
     echo "  psflow      alpha $1 (repeat $2)" >&2
