@@ -3,6 +3,7 @@
 
 pub mod kernels;
 pub mod machine;
+pub mod profile;
 pub mod train;
 
 use std::time::{Duration, Instant};

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use psflow_graph::train::builder::{build_training_graph, TrainConfig, TrainGraph, TrainableVar};
 use psflow_graph::zoo::Model;
-use psflow_graph::{Registry, ResourceStore, Session, Tensor};
+use psflow_graph::{Profile, Registry, ResourceStore, Schedule, Session, Tensor};
 use psflow_worker::data::{Batch, Dataset, Pipeline, PipelineConfig};
 use psflow_worker::run::{Checkpoint, Losses};
 
@@ -116,6 +116,29 @@ impl Trainer {
 
     /// One training step on `images` / `labels` with learning rate `lr`.
     pub fn step(&self, images: Tensor, labels: Tensor, lr: f32) -> Result<StepOutput> {
+        Ok(self.step_with(images, labels, lr, None)?.0)
+    }
+
+    /// [`step`](Self::step), timing every kernel ([`Profile`]) with the
+    /// nodes scheduled as `schedule` says.
+    pub fn step_profiled(
+        &self,
+        images: Tensor,
+        labels: Tensor,
+        lr: f32,
+        schedule: Schedule,
+    ) -> Result<(StepOutput, Profile)> {
+        let (out, profile) = self.step_with(images, labels, lr, Some(schedule))?;
+        Ok((out, profile.expect("profiled run")))
+    }
+
+    fn step_with(
+        &self,
+        images: Tensor,
+        labels: Tensor,
+        lr: f32,
+        profile: Option<Schedule>,
+    ) -> Result<(StepOutput, Option<Profile>)> {
         let label_values: Vec<i32> = labels.values::<i32>("labels")?.to_vec();
         let feeds = [
             (self.model.input.clone(), images),
@@ -128,17 +151,30 @@ impl Trainer {
             self.graph.regularization_loss.clone(),
             self.model.logits.clone(),
         ];
-        let out = self
-            .session
-            .run(&feeds, &fetches, std::slice::from_ref(&self.graph.train_op))
-            .context("training step")?;
+        let targets = std::slice::from_ref(&self.graph.train_op);
+        let (out, profile) = if let Some(schedule) = profile {
+            let (out, p) = self
+                .session
+                .run_profiled(&feeds, &fetches, targets, schedule)
+                .context("training step")?;
+            (out, Some(p))
+        } else {
+            let out = self
+                .session
+                .run(&feeds, &fetches, targets)
+                .context("training step")?;
+            (out, None)
+        };
         let scalar = |t: &Tensor| -> Result<f64> { Ok(t.scalar_value::<f32>("loss")? as f64) };
         let losses = Losses::new(scalar(&out[0])?, scalar(&out[1])?, scalar(&out[2])?);
         let (top1, _) = count_correct(&out[3], &label_values)?;
-        Ok(StepOutput {
-            losses,
-            correct: top1,
-        })
+        Ok((
+            StepOutput {
+                losses,
+                correct: top1,
+            },
+            profile,
+        ))
     }
 
     /// Evaluates the inference model on every example of `data`

@@ -3,18 +3,23 @@
 //! [`plan::Plan`], cached. Nodes whose inputs are ready run in parallel on
 //! the rayon pool; a tensor is freed as soon as its last consumer has read
 //! it (a consumer that takes the last reference may reuse its buffer).
+//! [`Session::run_profiled`] also times every kernel ([`Profile`]).
 
 mod feed;
 mod plan;
+mod profile;
 mod resources;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use psflow_kernels::{DType, Tensor};
 
 pub use feed::cast_lossless;
 use plan::Plan;
+use profile::Timer;
+pub use profile::{NodeTiming, OpTotal, Profile, Schedule};
 pub use resources::{ResourceStore, VarSlot};
 
 use crate::ir::{Graph, TensorName};
@@ -109,6 +114,47 @@ impl Session {
         fetches: &[TensorName],
         targets: &[String],
     ) -> Result<Vec<Tensor>> {
+        self.run_with(feeds, fetches, targets, None)
+    }
+
+    /// [`run`](Self::run), timing every kernel that computes: the
+    /// outputs and a [`Profile`] of the run (per node: op, output shapes,
+    /// start/end, self time, thread). [`Schedule::Parallel`] schedules as
+    /// `run` does; [`Schedule::Serial`] runs one node at a time, in plan
+    /// order, so each kernel has every thread to itself and its time is
+    /// its own. A plain `run` pays nothing for profiling.
+    pub fn run_profiled(
+        &self,
+        feeds: &[(TensorName, Tensor)],
+        fetches: &[TensorName],
+        targets: &[String],
+        schedule: Schedule,
+    ) -> Result<(Vec<Tensor>, Profile)> {
+        let origin = Instant::now();
+        let mut timings = Vec::new();
+        let profiling = Profiling {
+            origin,
+            timings: &mut timings,
+            schedule,
+        };
+        let out = self.run_with(feeds, fetches, targets, Some(profiling))?;
+        Ok((
+            out,
+            Profile {
+                wall: origin.elapsed(),
+                schedule,
+                nodes: timings,
+            },
+        ))
+    }
+
+    fn run_with(
+        &self,
+        feeds: &[(TensorName, Tensor)],
+        fetches: &[TensorName],
+        targets: &[String],
+        profile: Option<Profiling<'_>>,
+    ) -> Result<Vec<Tensor>> {
         let mut names: Vec<TensorName> = feeds.iter().map(|(t, _)| t.clone()).collect();
         names.sort();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
@@ -121,7 +167,7 @@ impl Session {
         for (name, t) in feeds {
             slots[plan.feed_slots[name]] = Some(self.check_feed(name, t)?);
         }
-        self.execute(&plan, slots)
+        self.execute(&plan, slots, profile)
     }
 
     fn plan(
@@ -198,29 +244,51 @@ impl Session {
         }
     }
 
-    fn execute(&self, plan: &Plan, slots: Vec<Option<Tensor>>) -> Result<Vec<Tensor>> {
+    fn execute(
+        &self,
+        plan: &Plan,
+        slots: Vec<Option<Tensor>>,
+        profile: Option<Profiling<'_>>,
+    ) -> Result<Vec<Tensor>> {
+        let (origin, timings, schedule) = match profile {
+            Some(p) => (Some(p.origin), Some(p.timings), p.schedule),
+            None => (None, None, Schedule::Parallel),
+        };
         let run = Run {
             session: self,
             plan,
+            origin,
             state: Mutex::new(RunState {
                 slots,
                 uses_left: plan.uses.clone(),
                 pending: plan.pending.clone(),
                 error: None,
+                timings: Vec::new(),
             }),
         };
         let ready: Vec<usize> = (0..plan.nodes.len())
             .filter(|&p| plan.pending[p] == 0)
             .collect();
-        rayon::scope(|s| {
-            for p in ready {
-                let run = &run;
-                s.spawn(move |s| run.node(s, p));
+        match schedule {
+            Schedule::Parallel => rayon::scope(|s| {
+                for p in ready {
+                    let run = &run;
+                    s.spawn(move |s| run.node(s, p));
+                }
+            }),
+            // Plan order is topological: every node's inputs are ready.
+            Schedule::Serial => {
+                for p in 0..plan.nodes.len() {
+                    run.compute(p);
+                }
             }
-        });
+        }
         let mut state = run.state.into_inner().expect("run state lock");
         if let Some(e) = state.error.take() {
             return Err(e);
+        }
+        if let Some(t) = timings {
+            *t = std::mem::take(&mut state.timings);
         }
         plan.fetch_slots
             .iter()
@@ -260,16 +328,27 @@ impl Session {
     }
 }
 
+/// What a profiled run records into and how it schedules.
+struct Profiling<'t> {
+    origin: Instant,
+    timings: &'t mut Vec<NodeTiming>,
+    schedule: Schedule,
+}
+
 struct RunState {
     slots: Vec<Option<Tensor>>,
     uses_left: Vec<usize>,
     pending: Vec<usize>,
     error: Option<Error>,
+    /// Kernel timings, when the run is profiled.
+    timings: Vec<NodeTiming>,
 }
 
 struct Run<'a> {
     session: &'a Session,
     plan: &'a Plan,
+    /// When the run began; Some only when it is profiled.
+    origin: Option<Instant>,
     state: Mutex<RunState>,
 }
 
@@ -281,77 +360,104 @@ impl<'a> Run<'a> {
         'a: 's,
     {
         loop {
-            let id = self.plan.nodes[p];
-            let inputs = {
-                let mut st = self.state.lock().expect("run state lock");
-                if st.error.is_some() {
-                    return;
-                }
-                let mut inputs = Vec::with_capacity(self.plan.inputs[p].len());
-                for &s in &self.plan.inputs[p] {
-                    st.uses_left[s] -= 1;
-                    let t = if st.uses_left[s] == 0 {
-                        st.slots[s].take()
-                    } else {
-                        st.slots[s].clone()
-                    };
-                    inputs.push(t.expect("inputs are produced before consumers run"));
-                }
-                inputs
-            };
-            let node = &self.session.graph.nodes()[id];
-            let kernel = &self.session.kernels[id];
-            let mut ctx = OpContext {
-                node,
-                inputs,
-                resources: &self.session.resources,
-            };
-            let result = if self.plan.skip[p] {
-                Ok(vec![])
-            } else {
-                kernel.compute(&mut ctx)
-            };
-            drop(ctx);
-            let mut ready = Vec::new();
-            {
-                let mut st = self.state.lock().expect("run state lock");
-                match result {
-                    Ok(outs) if outs.len() == kernel.num_outputs() || self.plan.skip[p] => {
-                        for (t, slot) in outs.into_iter().zip(&self.plan.outputs[p]) {
-                            if let Some(s) = slot {
-                                st.slots[*s] = Some(t);
-                            }
-                        }
-                        for &c in &self.plan.consumers[p] {
-                            st.pending[c] -= 1;
-                            if st.pending[c] == 0 {
-                                ready.push(c);
-                            }
-                        }
-                    }
-                    Ok(outs) => {
-                        st.error.get_or_insert(Error::InvalidNode {
-                            node: node.name.clone(),
-                            detail: format!(
-                                "kernel returned {} outputs, expected {}",
-                                outs.len(),
-                                kernel.num_outputs()
-                            ),
-                        });
-                        return;
-                    }
-                    Err(e) => {
-                        st.error.get_or_insert(e);
-                        return;
-                    }
-                }
-            }
+            let mut ready = self.compute(p);
             let Some(next) = ready.pop() else { return };
             for c in ready {
                 scope.spawn(move |s| self.node(s, c));
             }
             p = next;
         }
+    }
+
+    /// Runs plan node `p` and returns the plan nodes it made ready (none
+    /// once the run has failed).
+    fn compute(&self, p: usize) -> Vec<usize> {
+        let id = self.plan.nodes[p];
+        let inputs = {
+            let mut st = self.state.lock().expect("run state lock");
+            if st.error.is_some() {
+                return vec![];
+            }
+            let mut inputs = Vec::with_capacity(self.plan.inputs[p].len());
+            for &s in &self.plan.inputs[p] {
+                st.uses_left[s] -= 1;
+                let t = if st.uses_left[s] == 0 {
+                    st.slots[s].take()
+                } else {
+                    st.slots[s].clone()
+                };
+                inputs.push(t.expect("inputs are produced before consumers run"));
+            }
+            inputs
+        };
+        let node = &self.session.graph.nodes()[id];
+        let kernel = &self.session.kernels[id];
+        let mut ctx = OpContext {
+            node,
+            inputs,
+            resources: &self.session.resources,
+        };
+        let skip = self.plan.skip[p];
+        let timer = (self.origin.is_some() && !skip).then(Timer::start);
+        let result = if skip {
+            Ok(vec![])
+        } else {
+            kernel.compute(&mut ctx)
+        };
+        drop(ctx);
+        let timing = match (timer, self.origin, &result) {
+            (Some(timer), Some(origin), Ok(outs)) => {
+                let (start, end, self_time) = timer.finish(origin);
+                Some(NodeTiming {
+                    node: node.name.clone(),
+                    op: node.op.clone(),
+                    output_shapes: outs.iter().map(|t| t.shape().to_vec()).collect(),
+                    start,
+                    end,
+                    self_time,
+                    thread: rayon::current_thread_index(),
+                })
+            }
+            (Some(timer), Some(origin), Err(_)) => {
+                timer.finish(origin);
+                None
+            }
+            _ => None,
+        };
+        let mut ready = Vec::new();
+        let mut st = self.state.lock().expect("run state lock");
+        match result {
+            Ok(outs) if outs.len() == kernel.num_outputs() || skip => {
+                if let Some(t) = timing {
+                    st.timings.push(t);
+                }
+                for (t, slot) in outs.into_iter().zip(&self.plan.outputs[p]) {
+                    if let Some(s) = slot {
+                        st.slots[*s] = Some(t);
+                    }
+                }
+                for &c in &self.plan.consumers[p] {
+                    st.pending[c] -= 1;
+                    if st.pending[c] == 0 {
+                        ready.push(c);
+                    }
+                }
+            }
+            Ok(outs) => {
+                st.error.get_or_insert(Error::InvalidNode {
+                    node: node.name.clone(),
+                    detail: format!(
+                        "kernel returned {} outputs, expected {}",
+                        outs.len(),
+                        kernel.num_outputs()
+                    ),
+                });
+            }
+            Err(e) => {
+                st.error.get_or_insert(e);
+            }
+        }
+        ready
     }
 }
 
