@@ -70,8 +70,13 @@ impl RunConfig {
                 contrast: None,
                 ..AugmentConfig::cifar_train()
             },
+            "flip" => AugmentConfig {
+                flip: true,
+                ..AugmentConfig::eval()
+            },
             "none" => AugmentConfig::eval(),
-            other => bail!("unknown augmentation {other:?} (cifar, crop-flip or none)"),
+            "raw" => AugmentConfig::none(),
+            other => bail!("unknown augmentation {other:?} (cifar, crop-flip, flip, none or raw)"),
         };
         let resize = (data.height != self.resolution || data.width != self.resolution)
             .then_some((self.resolution, self.resolution));
