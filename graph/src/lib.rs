@@ -27,7 +27,9 @@ pub mod zoo;
 
 pub use autodiff::gradients;
 pub use error::{Error, Result};
-pub use executor::{PlaceholderInfo, ResourceStore, Session};
+pub use executor::{
+    LocalRendezvous, PlaceholderInfo, Rendezvous, RendezvousKey, ResourceStore, Session,
+};
 pub use ir::{Graph, Input, Node, TensorName};
 pub use registry::{OpContext, OpKernel, Registry, TensorInfo};
 pub use shape::Shape;
