@@ -2,5 +2,6 @@
 
 pub mod eval;
 pub mod graph;
+pub mod graph_partition;
 pub mod run;
 pub mod train;

@@ -158,7 +158,7 @@ pub struct OptimizerSpec {
 }
 
 /// What a shard does with a variable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VarRole {
     /// Updated by the optimizer from pushed gradients.
@@ -217,7 +217,7 @@ pub struct Pull {
     pub recv_node: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PushKind {
     Gradient,
