@@ -344,7 +344,13 @@ mod tests {
             shards: 3,
             split_threshold: 1 << 20,
         };
-        assert_eq!(place(&[big.clone()], &cfg).unwrap().parts("emb").len(), 3);
+        assert_eq!(
+            place(std::slice::from_ref(&big), &cfg)
+                .unwrap()
+                .parts("emb")
+                .len(),
+            3
+        );
         // One shard: nothing to spread over.
         assert!(place(&[big], &PlacementConfig::new(1))
             .unwrap()

@@ -150,7 +150,11 @@ fn the_worker_graph_gives_the_single_process_gradients() {
         .with_rendezvous(r.clone())
         .with_recv_timeout(Duration::from_secs(30));
     let loss = worker
-        .run(&s.feeds, &[s.tg.total_loss.clone()], &plan.worker_targets)
+        .run(
+            &s.feeds,
+            std::slice::from_ref(&s.tg.total_loss),
+            &plan.worker_targets,
+        )
         .unwrap();
     assert_eq!(bits(&loss[0]), bits(want.last().unwrap()), "total_loss");
 

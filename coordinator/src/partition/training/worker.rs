@@ -176,7 +176,8 @@ pub(super) fn split(graph: &Graph, cfg: &TrainingSplitConfig) -> Result<Training
         }
     }
     let mut stack: Vec<usize> = (0..graph.len())
-        .filter(|&id| !consumed[id] && !(nodes[id].name == "init" && nodes[id].op == "NoOp"))
+        .filter(|&id| !consumed[id])
+        .filter(|&id| !(nodes[id].name == "init" && nodes[id].op == "NoOp"))
         .filter(|&id| {
             matches!(
                 kinds[id],
@@ -262,10 +263,14 @@ pub(super) fn split(graph: &Graph, cfg: &TrainingSplitConfig) -> Result<Training
         } else {
             let names: Vec<String> = parts.iter().map(|p| recv(Some(p))).collect::<Result<_>>()?;
             let axis = format!("_pull/{var}/concat/axis");
-            pull_nodes.push(int_const(&axis, &[]).attr(
-                "value",
-                AttrValue::from_tensor(tensor_to_proto(&Tensor::scalar(0i32))),
-            ));
+            pull_nodes.push(
+                Node::new(&axis, "Const")
+                    .attr("dtype", type_attr(DType::I32))
+                    .attr(
+                        "value",
+                        AttrValue::from_tensor(tensor_to_proto(&Tensor::scalar(0i32))),
+                    ),
+            );
             let concat = format!("_pull/{var}/concat");
             let mut c = Node::new(&concat, "ConcatV2")
                 .attr("N", AttrValue::from_i(names.len() as i64))
