@@ -176,7 +176,7 @@ impl ParameterServer for PsService {
     ) -> Result<Response<pb::InitResponse>, Status> {
         let inner = &self.inner;
         // Refuse a duplicate Init before its data arrive.
-        let check = |h: &pb::InitHeader| match inner.lock().as_ref() {
+        let check = |shard: Option<&Shard>, h: &pb::InitHeader| match shard {
             Some(s) if s.job_id() == h.job_id && !h.force => Err(Error::AlreadyInitialized {
                 job: h.job_id.clone(),
                 shard: s.config().shard,
@@ -189,7 +189,7 @@ impl ParameterServer for PsService {
             |m: pb::InitRequest| (m.header, m.chunks),
             |h| {
                 ShardConfig::from_header(h)?;
-                check(h)
+                check(inner.lock().as_ref(), h)
             },
         )
         .await?;
@@ -202,7 +202,7 @@ impl ParameterServer for PsService {
         let version = shard.version();
         {
             let mut guard = inner.lock();
-            check(&header)?;
+            check(guard.as_ref(), &header)?;
             *guard = Some(shard);
             inner.progress.send_modify(|p| {
                 p.generation += 1;
@@ -232,12 +232,10 @@ impl ParameterServer for PsService {
         let mut rx = inner.progress.subscribe();
         let wait_ms = req.deadline_ms.min(MAX_PULL_WAIT_MS);
         let reached = |p: &Progress| p.generation != generation || p.version >= req.min_version;
-        let timed_out = tokio::time::timeout(
-            Duration::from_millis(wait_ms),
-            rx.wait_for(|p| reached(p)),
-        )
-        .await
-        .is_err();
+        let timed_out =
+            tokio::time::timeout(Duration::from_millis(wait_ms), rx.wait_for(|p| reached(p)))
+                .await
+                .is_err();
         let progress = *rx.borrow();
         if progress.generation != generation {
             return Err(Error::Replaced {

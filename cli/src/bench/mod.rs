@@ -4,6 +4,7 @@
 pub mod kernels;
 pub mod machine;
 pub mod train;
+pub mod transfer;
 
 use std::time::{Duration, Instant};
 
