@@ -24,6 +24,7 @@ pub mod ps {
     include!(concat!(env!("OUT_DIR"), "/psflow.ps.rs"));
 }
 
+pub mod codec;
 pub mod ext;
 
 pub use prost::Message;

@@ -27,7 +27,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::{Mode, ShardConfig};
 use crate::limits::{
-    Limits, CONNECTION_WINDOW_BYTES, MAX_MESSAGE_BYTES, MAX_PULL_WAIT_MS, STREAM_WINDOW_BYTES,
+    Limits, CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, MAX_PULL_WAIT_MS,
+    STREAM_WINDOW_BYTES,
 };
 use crate::shard::{Push, Shard};
 use crate::wire::{pack, Assembler, Received};
@@ -393,6 +394,7 @@ pub async fn serve_with(
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .tcp_nodelay(true)
+        .max_frame_size(MAX_FRAME_BYTES)
         .add_service(health)
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
