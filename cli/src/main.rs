@@ -80,6 +80,9 @@ enum BenchCommand {
     },
     /// Training images/s of a zoo model on random tensors (no input pipeline).
     Train(bench::train::BenchTrainArgs),
+    /// Push + pull of parameters through a loopback parameter server, next
+    /// to raw TCP.
+    Transfer(bench::transfer::BenchTransferArgs),
 }
 
 fn main() -> ExitCode {
@@ -130,6 +133,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Export(args) => user_result(commands::export::run(&args)),
         Command::Train(args) => user_result(commands::train::run(&args)),
         Command::Bench(BenchCommand::Train(args)) => user_result(bench::train::run(&args)),
+        Command::Bench(BenchCommand::Transfer(args)) => user_result(bench::transfer::run(&args)),
         Command::Bench(BenchCommand::Kernels {
             batch,
             repeats,
