@@ -2,8 +2,11 @@
 //! `bytes::Bytes` (tensor payloads are shared, not copied) and maps become
 //! `BTreeMap` so that encoding is deterministic.
 //!
-//! To add a file, list it in `PROTOS`; a later gRPC service goes through
-//! `tonic_prost_build` with the same configuration.
+//! Message-only files are listed in `PROTOS` (plain prost); files that
+//! declare gRPC services are listed in `SERVICES` and go through
+//! `tonic_prost_build` with the same configuration. Service files refer to
+//! TensorFlow's messages as `crate::tensorflow::…`, so each service package
+//! can live in its own top-level module of the crate.
 
 const PROTOS: &[&str] = &[
     "proto/tensorflow/types.proto",
@@ -17,6 +20,8 @@ const PROTOS: &[&str] = &[
     "proto/tensorflow/event.proto",
 ];
 
+const SERVICES: &[&str] = &["proto/psflow/ps.proto"];
+
 fn config() -> prost_build::Config {
     let mut config = prost_build::Config::new();
     config.bytes(["."]);
@@ -29,5 +34,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
     println!("cargo:rerun-if-changed=proto");
     config().compile_protos(PROTOS, &["proto"])?;
+    tonic_prost_build::configure()
+        .extern_path(".tensorflow", "crate::tensorflow")
+        .compile_with_config(config(), SERVICES, &["proto"])?;
     Ok(())
 }

@@ -1,2 +1,31 @@
 //! psflow parameter server: variable shards, optimizer slots, sync/async
 //! aggregation and the PS gRPC service.
+//!
+//! - [`Shard`]: the state machine (variables, TF1 optimizer slots, sync
+//!   aggregation with backup workers, async, bounded staleness), testable
+//!   without gRPC. Updates are psflow-kernels' `optim` functions, the same
+//!   code as single-machine training.
+//! - [`PsService`] and [`serve`]: the `psflow.ps.ParameterServer` gRPC
+//!   service, with gRPC health.
+//! - [`PsClient`]: connects, initializes a shard, pulls, pushes, reads
+//!   stats; cuts tensors into chunks and reassembles them.
+//! - [`limits`]: every size limit of the protocol.
+//!
+//! The protocol, limits and modes are described in `docs/cluster.md`.
+
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod limits;
+pub mod service;
+pub mod shard;
+pub mod wire;
+
+pub use client::{PsClient, Pulled};
+pub use config::{Mode, ShardConfig};
+pub use error::{Error, Result};
+pub use limits::Limits;
+pub use psflow_proto::ps::{PushOutcome, TensorRole};
+pub use service::{serve, serve_with, PsService};
+pub use shard::{Push, PushReply, Shard};
+pub use wire::Received;

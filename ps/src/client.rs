@@ -1,0 +1,243 @@
+//! [`PsClient`]: the worker's (and coordinator's) side of the PS protocol.
+//! It cuts tensors into chunks for Init and Push, and reassembles pulled
+//! ones, with the same limits as the server.
+
+use std::time::{Duration, Instant};
+
+use psflow_kernels::Tensor;
+use psflow_proto::ps as pb;
+use psflow_proto::ps::parameter_server_client::ParameterServerClient;
+use psflow_proto::ps::{PushOutcome, TensorRole};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::ShardConfig;
+use crate::limits::{
+    Limits, CONNECTION_WINDOW_BYTES, MAX_MESSAGE_BYTES, STREAM_WINDOW_BYTES,
+};
+use crate::shard::PushReply;
+use crate::wire::{pack, Assembler};
+use crate::{Error, Result};
+
+/// Values pulled from a shard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pulled {
+    /// The shard version the values belong to.
+    pub version: u64,
+    /// In the order asked for (by name when all were asked for).
+    pub tensors: Vec<(String, Tensor)>,
+}
+
+/// A connection to one parameter server, for one job.
+#[derive(Clone)]
+pub struct PsClient {
+    inner: ParameterServerClient<Channel>,
+    addr: String,
+    job: String,
+    limits: Limits,
+}
+
+impl PsClient {
+    /// Connects to the PS at `addr` (`host:port` or `http://host:port`),
+    /// retrying until `timeout` passes (the server may still be starting).
+    pub async fn connect(addr: &str, job: impl Into<String>, timeout: Duration) -> Result<PsClient> {
+        let uri = if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let connect_err = |detail: String| Error::Connect {
+            addr: addr.to_string(),
+            detail,
+        };
+        let endpoint = Endpoint::from_shared(uri)
+            .map_err(|e| connect_err(format!("not a valid address: {e}")))?
+            .connect_timeout(timeout)
+            .tcp_nodelay(true)
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
+        let deadline = Instant::now() + timeout;
+        let mut backoff = Duration::from_millis(10);
+        let channel = loop {
+            match endpoint.connect().await {
+                Ok(c) => break c,
+                Err(e) if Instant::now() + backoff < deadline => {
+                    tracing::debug!(addr, error = %e, "parameter server not reachable yet; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                Err(e) => {
+                    return Err(connect_err(format!(
+                        "{e} (gave up after {} ms; is `psflow ps` running there?)",
+                        timeout.as_millis()
+                    )))
+                }
+            }
+        };
+        let inner = ParameterServerClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(PsClient {
+            inner,
+            addr: addr.to_string(),
+            job: job.into(),
+            limits: Limits::default(),
+        })
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub fn job(&self) -> &str {
+        &self.job
+    }
+
+    /// The limits applied to pulled tensors (default: [`Limits::default`]).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// Configures the shard (`config.job_id` must be this client's job) and
+    /// loads `values`; `force` replaces a shard of the same job.
+    pub async fn init(
+        &mut self,
+        config: &ShardConfig,
+        values: &[(String, Tensor)],
+        force: bool,
+    ) -> Result<pb::InitResponse> {
+        if config.job_id != self.job {
+            return Err(Error::Invalid(format!(
+                "this client is for job `{}`, the shard config for job `{}`",
+                self.job, config.job_id
+            )));
+        }
+        let header = config.to_header(force);
+        let messages = pack(
+            values
+                .iter()
+                .map(|(n, t)| (n.as_str(), TensorRole::Gradient, t)),
+        );
+        let requests = with_header(messages, header, |header, chunks| pb::InitRequest {
+            header,
+            chunks,
+        });
+        let r = self
+            .inner
+            .init(tokio_stream::iter(requests))
+            .await
+            .map_err(|status| Error::Rpc { op: "Init", status })?;
+        Ok(r.into_inner())
+    }
+
+    /// The values of `names` (all when empty) once the shard's version is
+    /// at least `min_version`, waiting up to `deadline` for it.
+    pub async fn pull(
+        &mut self,
+        names: &[String],
+        min_version: u64,
+        deadline: Duration,
+    ) -> Result<Pulled> {
+        let req = pb::PullRequest {
+            job_id: self.job.clone(),
+            names: names.to_vec(),
+            min_version,
+            deadline_ms: deadline.as_millis().min(u64::MAX as u128) as u64,
+        };
+        let rpc = |status| Error::Rpc { op: "Pull", status };
+        let mut stream = self.inner.pull(req).await.map_err(rpc)?.into_inner();
+        let mut assembler = Assembler::new(self.limits);
+        let mut tensors = Vec::new();
+        let mut version = None;
+        while let Some(m) = stream.message().await.map_err(rpc)? {
+            version.get_or_insert(m.version);
+            for c in m.chunks {
+                if let Some(r) = assembler.add(c)? {
+                    tensors.push((r.name, r.value));
+                }
+            }
+        }
+        assembler.finish()?;
+        let version = version.ok_or_else(|| {
+            Error::Invalid("the parameter server ended Pull without a message".into())
+        })?;
+        Ok(Pulled { version, tensors })
+    }
+
+    /// Pushes worker `worker`'s gradients and assigned values computed on
+    /// `base_version` (the step, in sync mode). `partial` says that more
+    /// pushes for this step follow from this worker.
+    pub async fn push<'a>(
+        &mut self,
+        worker: u32,
+        base_version: u64,
+        partial: bool,
+        tensors: impl IntoIterator<Item = (&'a str, TensorRole, &'a Tensor)>,
+    ) -> Result<PushReply> {
+        let header = pb::PushHeader {
+            job_id: self.job.clone(),
+            worker,
+            base_version,
+            partial,
+        };
+        let requests = with_header(pack(tensors), header, |header, chunks| pb::PushRequest {
+            header,
+            chunks,
+        });
+        let r = self
+            .inner
+            .push(tokio_stream::iter(requests))
+            .await
+            .map_err(|status| Error::Rpc { op: "Push", status })?
+            .into_inner();
+        Ok(PushReply {
+            outcome: PushOutcome::try_from(r.outcome).unwrap_or(PushOutcome::Accepted),
+            version: r.version,
+            message: r.message,
+        })
+    }
+
+    pub async fn stats(&mut self) -> Result<pb::StatsResponse> {
+        let r = self
+            .inner
+            .stats(pb::StatsRequest {})
+            .await
+            .map_err(|status| Error::Rpc { op: "Stats", status })?;
+        Ok(r.into_inner())
+    }
+
+    /// Sync mode: the number of workers steps wait for from now on (a
+    /// worker died or joined). Returns the shard's version after the change
+    /// (a step that now has enough workers is applied at once).
+    pub async fn set_workers(&mut self, workers: u32) -> Result<u64> {
+        let r = self
+            .inner
+            .set_workers(pb::SetWorkersRequest {
+                job_id: self.job.clone(),
+                workers,
+            })
+            .await
+            .map_err(|status| Error::Rpc {
+                op: "SetWorkers",
+                status,
+            })?;
+        Ok(r.into_inner().version)
+    }
+}
+
+/// One request per message of chunks, the header in the first (a request
+/// with no tensors is the header alone).
+fn with_header<H, M>(
+    messages: Vec<Vec<pb::TensorChunk>>,
+    header: H,
+    make: impl Fn(Option<H>, Vec<pb::TensorChunk>) -> M,
+) -> Vec<M> {
+    let mut header = Some(header);
+    let mut out: Vec<M> = messages
+        .into_iter()
+        .map(|chunks| make(header.take(), chunks))
+        .collect();
+    if let Some(h) = header {
+        out.push(make(Some(h), vec![]));
+    }
+    out
+}

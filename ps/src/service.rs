@@ -1,0 +1,402 @@
+//! The `psflow.ps.ParameterServer` gRPC service around one [`Shard`], and
+//! [`serve`], which runs it (with gRPC health) on a bound listener until a
+//! shutdown future completes.
+//!
+//! The shard sits behind a mutex; pushes and worker-count changes (which
+//! may run the optimizer over the whole shard) run on tokio's blocking
+//! pool. Pull snapshots the values under the lock (tensors share their
+//! buffers, so this copies nothing) and streams them without it. Pulls
+//! waiting for a version subscribe to a `watch` channel that every version
+//! change and every Init publishes.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use futures::Stream;
+use psflow_graph::dtype::dtype_to_proto;
+use psflow_proto::ps as pb;
+use psflow_proto::ps::parameter_server_server::{ParameterServer, ParameterServerServer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::config::{Mode, ShardConfig};
+use crate::limits::{
+    Limits, CONNECTION_WINDOW_BYTES, MAX_MESSAGE_BYTES, MAX_PULL_WAIT_MS, STREAM_WINDOW_BYTES,
+};
+use crate::shard::{Push, Shard};
+use crate::wire::{pack, Assembler, Received};
+use crate::{Error, Result};
+
+/// What waiting pulls watch: which Init is current, and its version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Progress {
+    generation: u64,
+    version: u64,
+}
+
+struct Inner {
+    limits: Limits,
+    shard: Mutex<Option<Shard>>,
+    progress: watch::Sender<Progress>,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Option<Shard>> {
+        self.shard.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the shard of job `job` under the lock.
+    fn with_shard<T>(&self, job: &str, f: impl FnOnce(&mut Shard) -> Result<T>) -> Result<T> {
+        let mut guard = self.lock();
+        let shard = guard.as_mut().ok_or(Error::NotInitialized)?;
+        if shard.job_id() != job {
+            return Err(Error::WrongJob {
+                serving: shard.job_id().to_string(),
+                requested: job.to_string(),
+            });
+        }
+        let out = f(shard)?;
+        let version = shard.version();
+        self.progress.send_if_modified(|p| {
+            let changed = p.version != version;
+            p.version = version;
+            changed
+        });
+        Ok(out)
+    }
+}
+
+/// The parameter-server service: one shard, replaced by each Init.
+#[derive(Clone)]
+pub struct PsService {
+    inner: Arc<Inner>,
+}
+
+impl Default for PsService {
+    fn default() -> PsService {
+        PsService::new(Limits::default())
+    }
+}
+
+impl PsService {
+    pub fn new(limits: Limits) -> PsService {
+        PsService {
+            inner: Arc::new(Inner {
+                limits,
+                shard: Mutex::new(None),
+                progress: watch::channel(Progress {
+                    generation: 0,
+                    version: 0,
+                })
+                .0,
+                bytes_in: AtomicU64::new(0),
+                bytes_out: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The tonic server for this service, with the protocol's message-size
+    /// limits set both ways.
+    pub fn into_server(self) -> ParameterServerServer<PsService> {
+        ParameterServerServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Runs `f` on the job's shard on the blocking pool (it may apply the
+    /// optimizer to every variable).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        job: String,
+        f: impl FnOnce(&mut Shard) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.with_shard(&job, f))
+            .await
+            .map_err(|e| Error::Invalid(format!("the shard task failed: {e}")))?
+    }
+}
+
+/// Reads a client stream: the header from the first message, every tensor
+/// from the chunks.
+async fn receive<M, H>(
+    mut stream: Streaming<M>,
+    limits: Limits,
+    split: impl Fn(M) -> (Option<H>, Vec<pb::TensorChunk>),
+    on_header: impl FnOnce(&H) -> Result<()>,
+) -> Result<(H, Vec<Received>, u64)> {
+    let status = |s: Status| Error::Invalid(format!("reading the request stream: {}", s.message()));
+    let first = stream
+        .message()
+        .await
+        .map_err(status)?
+        .ok_or_else(|| Error::Invalid("the request stream is empty (no header)".into()))?;
+    let (header, mut chunks) = split(first);
+    let header =
+        header.ok_or_else(|| Error::Invalid("the first message carries no header".into()))?;
+    on_header(&header)?;
+    let mut assembler = Assembler::new(limits);
+    let mut tensors = Vec::new();
+    loop {
+        for c in chunks {
+            tensors.extend(assembler.add(c)?);
+        }
+        match stream.message().await.map_err(status)? {
+            Some(m) => {
+                let (h, c) = split(m);
+                if h.is_some() {
+                    return Err(Error::Invalid(
+                        "only the first message of the stream may carry a header".into(),
+                    ));
+                }
+                chunks = c;
+            }
+            None => break,
+        }
+    }
+    assembler.finish()?;
+    Ok((header, tensors, assembler.bytes()))
+}
+
+type PullStream = Pin<Box<dyn Stream<Item = Result<pb::PullResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ParameterServer for PsService {
+    async fn init(
+        &self,
+        request: Request<Streaming<pb::InitRequest>>,
+    ) -> Result<Response<pb::InitResponse>, Status> {
+        let inner = &self.inner;
+        // Refuse a duplicate Init before its data arrive.
+        let check = |h: &pb::InitHeader| match inner.lock().as_ref() {
+            Some(s) if s.job_id() == h.job_id && !h.force => Err(Error::AlreadyInitialized {
+                job: h.job_id.clone(),
+                shard: s.config().shard,
+            }),
+            _ => Ok(()),
+        };
+        let (header, tensors, bytes) = receive(
+            request.into_inner(),
+            inner.limits,
+            |m: pb::InitRequest| (m.header, m.chunks),
+            |h| {
+                ShardConfig::from_header(h)?;
+                check(h)
+            },
+        )
+        .await?;
+        let config = ShardConfig::from_header(&header)?;
+        let values: Vec<_> = tensors.into_iter().map(|t| (t.name, t.value)).collect();
+        let variables = values.len() as u32;
+        let shard = tokio::task::spawn_blocking(move || Shard::new(config, values))
+            .await
+            .map_err(|e| Status::internal(format!("building the shard failed: {e}")))??;
+        let version = shard.version();
+        {
+            let mut guard = inner.lock();
+            check(&header)?;
+            *guard = Some(shard);
+            inner.progress.send_modify(|p| {
+                p.generation += 1;
+                p.version = version;
+            });
+        }
+        inner.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+        tracing::info!(job = %header.job_id, shard = header.shard, variables, bytes, version, "shard initialized");
+        Ok(Response::new(pb::InitResponse {
+            version,
+            variables,
+            bytes,
+        }))
+    }
+
+    type PullStream = PullStream;
+
+    async fn pull(
+        &self,
+        request: Request<pb::PullRequest>,
+    ) -> Result<Response<PullStream>, Status> {
+        let req = request.into_inner();
+        let inner = &self.inner;
+        // Under the shard lock, which Init also holds while publishing.
+        let generation =
+            inner.with_shard(&req.job_id, |_| Ok(inner.progress.borrow().generation))?;
+        let mut rx = inner.progress.subscribe();
+        let wait_ms = req.deadline_ms.min(MAX_PULL_WAIT_MS);
+        let reached = |p: &Progress| p.generation != generation || p.version >= req.min_version;
+        let timed_out = tokio::time::timeout(
+            Duration::from_millis(wait_ms),
+            rx.wait_for(|p| reached(p)),
+        )
+        .await
+        .is_err();
+        let progress = *rx.borrow();
+        if progress.generation != generation {
+            return Err(Error::Replaced {
+                job: req.job_id.clone(),
+            }
+            .into());
+        }
+        if timed_out || progress.version < req.min_version {
+            return Err(Error::Deadline {
+                want: req.min_version,
+                have: progress.version,
+                waited_ms: wait_ms,
+            }
+            .into());
+        }
+        let (version, values) =
+            inner.with_shard(&req.job_id, |s| Ok((s.version(), s.pull(&req.names)?)))?;
+        let bytes: u64 = values.iter().map(|(_, t)| t.nbytes() as u64).sum();
+        inner.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+        let mut messages: Vec<_> = pack(
+            values
+                .iter()
+                .map(|(n, t)| (n.as_str(), pb::TensorRole::Gradient, t)),
+        )
+        .into_iter()
+        .map(|chunks| Ok(pb::PullResponse { version, chunks }))
+        .collect();
+        if messages.is_empty() {
+            messages.push(Ok(pb::PullResponse {
+                version,
+                chunks: vec![],
+            }));
+        }
+        tracing::debug!(job = %req.job_id, version, bytes, "pull");
+        Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
+    }
+
+    async fn push(
+        &self,
+        request: Request<Streaming<pb::PushRequest>>,
+    ) -> Result<Response<pb::PushResponse>, Status> {
+        let inner = &self.inner;
+        let (header, tensors, bytes) = receive(
+            request.into_inner(),
+            inner.limits,
+            |m: pb::PushRequest| (m.header, m.chunks),
+            // Fail fast on a wrong job, before the data arrive.
+            |h: &pb::PushHeader| inner.with_shard(&h.job_id, |_| Ok(())),
+        )
+        .await?;
+        inner.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+        let push = Push {
+            worker: header.worker,
+            base_version: header.base_version,
+            partial: header.partial,
+            tensors,
+        };
+        let reply = self
+            .blocking(header.job_id.clone(), move |s| s.push(push))
+            .await?;
+        tracing::debug!(
+            job = %header.job_id,
+            worker = header.worker,
+            step = header.base_version,
+            outcome = ?reply.outcome,
+            version = reply.version,
+            "push"
+        );
+        Ok(Response::new(pb::PushResponse {
+            outcome: reply.outcome as i32,
+            version: reply.version,
+            message: reply.message,
+        }))
+    }
+
+    async fn stats(
+        &self,
+        _request: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        let inner = &self.inner;
+        let mut r = pb::StatsResponse {
+            bytes_in: inner.bytes_in.load(Ordering::Relaxed),
+            bytes_out: inner.bytes_out.load(Ordering::Relaxed),
+            ..Default::default()
+        };
+        if let Some(s) = inner.lock().as_ref() {
+            let c = s.counters();
+            r.initialized = true;
+            r.job_id = s.job_id().to_string();
+            r.version = s.version();
+            r.pushes_accepted = c.pushes_accepted;
+            r.pushes_dropped_late = c.pushes_dropped_late;
+            r.pushes_dropped_stale = c.pushes_dropped_stale;
+            r.updates_applied = c.updates_applied;
+            if let Mode::Sync { workers, .. } = s.config().mode {
+                r.workers = workers;
+            }
+            r.step_workers_done = s.step_workers_done();
+            r.variables = s
+                .variables()
+                .into_iter()
+                .map(|v| pb::VariableStats {
+                    name: v.name,
+                    dtype: dtype_to_proto(v.dtype) as i32,
+                    shape: v.shape.iter().map(|&d| d as u64).collect(),
+                    bytes: v.bytes,
+                    slot_bytes: v.slot_bytes,
+                })
+                .collect();
+        }
+        Ok(Response::new(r))
+    }
+
+    async fn set_workers(
+        &self,
+        request: Request<pb::SetWorkersRequest>,
+    ) -> Result<Response<pb::SetWorkersResponse>, Status> {
+        let req = request.into_inner();
+        let workers = req.workers;
+        let version = self
+            .blocking(req.job_id.clone(), move |s| {
+                s.set_workers(workers)?;
+                Ok(s.version())
+            })
+            .await?;
+        tracing::info!(job = %req.job_id, workers, version, "sync workers changed");
+        Ok(Response::new(pb::SetWorkersResponse { version }))
+    }
+}
+
+/// Serves a parameter server with default [`Limits`] on `listener` until
+/// `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    serve_with(listener, PsService::default(), shutdown).await
+}
+
+/// Serves `service` (and gRPC health, reporting it serving) on `listener`
+/// until `shutdown` completes; in-flight calls finish first.
+pub async fn serve_with(
+    listener: TcpListener,
+    service: PsService,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<ParameterServerServer<PsService>>()
+        .await;
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "parameter server listening");
+    }
+    Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .tcp_nodelay(true)
+        .add_service(health)
+        .add_service(service.into_server())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}

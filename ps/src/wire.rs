@@ -1,0 +1,462 @@
+//! Tensors on the wire: a tensor's elements as little-endian bytes shared
+//! with its buffer ([`tensor_bytes`]), cut into [`TensorChunk`]s packed into
+//! messages ([`pack`]), and reassembled with every limit checked before
+//! anything is allocated ([`Assembler`]).
+
+use bytes::Bytes;
+use psflow_graph::dtype::{dtype_from_proto, dtype_to_proto};
+use psflow_kernels::{DType, Data, Tensor};
+use psflow_proto::ps::{TensorChunk, TensorRole};
+use psflow_proto::tensorflow::DataType;
+
+use crate::limits::{
+    Limits, CHUNK_BYTES, CHUNK_OVERHEAD, MAX_NAME_BYTES, MAX_RANK, MESSAGE_DATA_BYTES,
+};
+use crate::{Error, Result};
+
+/// The bytes of a slice of plain numbers.
+fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
+    // SAFETY: `T` is one of f32, f64, i32, i64, u8, bool (the element types
+    // of `Data`): no padding, every byte initialized; the returned slice
+    // covers exactly `v`'s memory and borrows it.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
+/// The bytes of a mutable slice of numbers for which every bit pattern is a
+/// valid value (f32, f64, i32, i64, u8 — not bool).
+fn as_bytes_mut<T: Copy>(v: &mut [T]) -> &mut [u8] {
+    // SAFETY: callers pass only f32/f64/i32/i64/u8 slices, types without
+    // padding for which any bytes are a valid value; the slice covers
+    // exactly `v`'s memory and borrows it mutably.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
+/// Owns a tensor's buffer and shows it as bytes, so [`Bytes`] can share it.
+#[cfg(target_endian = "little")]
+struct DataBytes(Data);
+
+#[cfg(target_endian = "little")]
+impl AsRef<[u8]> for DataBytes {
+    fn as_ref(&self) -> &[u8] {
+        match &self.0 {
+            Data::F32(v) => as_bytes(v),
+            Data::F64(v) => as_bytes(v),
+            Data::I32(v) => as_bytes(v),
+            Data::I64(v) => as_bytes(v),
+            Data::U8(v) => as_bytes(v),
+            Data::Bool(v) => as_bytes(v),
+        }
+    }
+}
+
+/// A tensor's elements as little-endian bytes. On little-endian machines
+/// the bytes share the tensor's buffer (no copy).
+pub fn tensor_bytes(t: &Tensor) -> Bytes {
+    #[cfg(target_endian = "little")]
+    {
+        Bytes::from_owner(DataBytes(t.data().clone()))
+    }
+    #[cfg(target_endian = "big")]
+    {
+        Bytes::from(psflow_graph::tensor_proto::tensor_bytes(t))
+    }
+}
+
+/// Cuts tensors into chunks of at most [`CHUNK_BYTES`] and packs them into
+/// messages of about [`MESSAGE_DATA_BYTES`] (each inner vector is one
+/// message). Data are shared with the tensors, not copied.
+pub fn pack<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, TensorRole, &'a Tensor)>,
+) -> Vec<Vec<TensorChunk>> {
+    let mut messages = Vec::new();
+    let mut current: Vec<TensorChunk> = Vec::new();
+    let mut size = 0usize;
+    for (name, role, t) in tensors {
+        let bytes = tensor_bytes(t);
+        let total = bytes.len();
+        let mut offset = 0;
+        loop {
+            let end = (offset + CHUNK_BYTES).min(total);
+            let first = offset == 0;
+            let chunk = TensorChunk {
+                name: name.to_string(),
+                dtype: if first { dtype_to_proto(t.dtype()) as i32 } else { 0 },
+                shape: if first {
+                    t.shape().iter().map(|&d| d as u64).collect()
+                } else {
+                    vec![]
+                },
+                total_bytes: total as u64,
+                offset: offset as u64,
+                data: bytes.slice(offset..end),
+                role: role as i32,
+            };
+            let cost = CHUNK_OVERHEAD + name.len() + 10 * chunk.shape.len() + (end - offset);
+            if !current.is_empty() && size + cost > MESSAGE_DATA_BYTES {
+                messages.push(std::mem::take(&mut current));
+                size = 0;
+            }
+            current.push(chunk);
+            size += cost;
+            offset = end;
+            if offset >= total {
+                break;
+            }
+        }
+    }
+    if !current.is_empty() {
+        messages.push(current);
+    }
+    messages
+}
+
+/// A tensor received whole.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    pub name: String,
+    pub role: TensorRole,
+    pub value: Tensor,
+}
+
+/// A typed buffer being filled from chunks.
+enum Buf {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    I32(Vec<i32>),
+    I64(Vec<i64>),
+    /// u8 and bool (checked to be 0 or 1 when complete).
+    U8(Vec<u8>, bool),
+}
+
+impl Buf {
+    fn zeros(dtype: DType, n: usize) -> Buf {
+        match dtype {
+            DType::F32 => Buf::F32(vec![0.0; n]),
+            DType::F64 => Buf::F64(vec![0.0; n]),
+            DType::I32 => Buf::I32(vec![0; n]),
+            DType::I64 => Buf::I64(vec![0; n]),
+            DType::U8 => Buf::U8(vec![0; n], false),
+            DType::Bool => Buf::U8(vec![0; n], true),
+        }
+    }
+
+    /// The buffer's bytes, to copy little-endian data into. (On big-endian
+    /// machines the elements are swapped in [`Buf::into_tensor`].)
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            Buf::F32(v) => as_bytes_mut(v),
+            Buf::F64(v) => as_bytes_mut(v),
+            Buf::I32(v) => as_bytes_mut(v),
+            Buf::I64(v) => as_bytes_mut(v),
+            Buf::U8(v, _) => v,
+        }
+    }
+
+    fn into_tensor(self, name: &str, shape: Vec<usize>) -> Result<Tensor> {
+        #[cfg(target_endian = "big")]
+        fn swap<T>(mut v: Vec<T>, f: fn(T) -> T) -> Vec<T>
+        where
+            T: Copy,
+        {
+            v.iter_mut().for_each(|x| *x = f(*x));
+            v
+        }
+        #[cfg(target_endian = "little")]
+        fn swap<T>(v: Vec<T>, _: fn(T) -> T) -> Vec<T> {
+            v
+        }
+        let data = match self {
+            Buf::F32(v) => Data::F32(swap(v, |x| f32::from_bits(u32::from_le(x.to_bits()))).into()),
+            Buf::F64(v) => Data::F64(swap(v, |x| f64::from_bits(u64::from_le(x.to_bits()))).into()),
+            Buf::I32(v) => Data::I32(swap(v, i32::from_le).into()),
+            Buf::I64(v) => Data::I64(swap(v, i64::from_le).into()),
+            Buf::U8(v, false) => Data::U8(v.into()),
+            Buf::U8(v, true) => {
+                if let Some(b) = v.iter().find(|&&b| b > 1) {
+                    return Err(Error::Invalid(format!(
+                        "tensor `{name}`: a bool element has byte value {b} (must be 0 or 1)"
+                    )));
+                }
+                Data::Bool(std::sync::Arc::new(v.into_iter().map(|b| b == 1).collect()))
+            }
+        };
+        Tensor::from_data(shape, data).map_err(|e| Error::Invalid(format!("tensor `{name}`: {e}")))
+    }
+}
+
+struct Partial {
+    name: String,
+    role: TensorRole,
+    shape: Vec<usize>,
+    total: usize,
+    filled: usize,
+    buf: Buf,
+}
+
+/// Reassembles the tensors of one stream from its chunks, in order,
+/// checking names, offsets, dtypes, shapes and the [`Limits`].
+pub struct Assembler {
+    limits: Limits,
+    request_bytes: u64,
+    current: Option<Partial>,
+}
+
+impl Assembler {
+    pub fn new(limits: Limits) -> Assembler {
+        Assembler {
+            limits,
+            request_bytes: 0,
+            current: None,
+        }
+    }
+
+    /// Tensor bytes announced so far in this stream.
+    pub fn bytes(&self) -> u64 {
+        self.request_bytes
+    }
+
+    /// Adds the next chunk; returns the tensor it completes, if any.
+    pub fn add(&mut self, chunk: TensorChunk) -> Result<Option<Received>> {
+        if chunk.data.len() > CHUNK_BYTES {
+            return Err(Error::TooLarge {
+                what: "chunk of tensor",
+                name: chunk.name,
+                bytes: chunk.data.len() as u64,
+                limit: CHUNK_BYTES as u64,
+                setting: "CHUNK_BYTES",
+            });
+        }
+        if chunk.offset == 0 {
+            if let Some(p) = &self.current {
+                return Err(Error::Invalid(format!(
+                    "tensor `{}` ended after {} of its {} bytes, before `{}` began",
+                    p.name, p.filled, p.total, chunk.name
+                )));
+            }
+            self.current = Some(self.begin(&chunk)?);
+        }
+        let Some(p) = self.current.as_mut() else {
+            return Err(Error::Invalid(format!(
+                "a chunk of tensor `{}` at offset {} came before its first chunk (offset 0)",
+                chunk.name, chunk.offset
+            )));
+        };
+        if chunk.name != p.name || chunk.offset != p.filled as u64 {
+            return Err(Error::Invalid(format!(
+                "expected the chunk of tensor `{}` at offset {}, got tensor `{}` at offset {}",
+                p.name, p.filled, chunk.name, chunk.offset
+            )));
+        }
+        let end = p.filled + chunk.data.len();
+        if end > p.total {
+            return Err(Error::Invalid(format!(
+                "tensor `{}`: chunk at offset {} with {} bytes runs past its {} bytes",
+                p.name,
+                p.filled,
+                chunk.data.len(),
+                p.total
+            )));
+        }
+        p.buf.bytes_mut()[p.filled..end].copy_from_slice(&chunk.data);
+        p.filled = end;
+        if p.filled < p.total {
+            return Ok(None);
+        }
+        let p = self.current.take().expect("checked above");
+        let value = p.buf.into_tensor(&p.name, p.shape)?;
+        Ok(Some(Received {
+            name: p.name,
+            role: p.role,
+            value,
+        }))
+    }
+
+    /// Checks that the stream ended between tensors.
+    pub fn finish(&self) -> Result<()> {
+        match &self.current {
+            Some(p) => Err(Error::Invalid(format!(
+                "the stream ended inside tensor `{}` ({} of {} bytes received)",
+                p.name, p.filled, p.total
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks the first chunk of a tensor and allocates its buffer.
+    fn begin(&mut self, c: &TensorChunk) -> Result<Partial> {
+        let name = &c.name;
+        if name.is_empty() || name.len() > MAX_NAME_BYTES {
+            return Err(Error::Invalid(format!(
+                "a tensor name must have 1 to {MAX_NAME_BYTES} bytes, got {} bytes",
+                name.len()
+            )));
+        }
+        let dtype = match DataType::try_from(c.dtype) {
+            Ok(d) if (d as i32) < 100 => dtype_from_proto(d as i32),
+            _ => None,
+        }
+        .ok_or_else(|| Error::DType {
+            name: name.clone(),
+            detail: format!(
+                "dtype {} is not one psflow holds (float, double, int32, int64, uint8, bool)",
+                DataType::try_from(c.dtype)
+                    .map(|d| d.as_str_name().to_string())
+                    .unwrap_or_else(|_| c.dtype.to_string())
+            ),
+        })?;
+        if c.shape.len() > MAX_RANK {
+            return Err(Error::Invalid(format!(
+                "tensor `{name}` has rank {}, more than the limit of {MAX_RANK}",
+                c.shape.len()
+            )));
+        }
+        let elements = c
+            .shape
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d))
+            .and_then(|n| n.checked_mul(dtype.size() as u64));
+        let Some(bytes) = elements else {
+            return Err(Error::Invalid(format!(
+                "tensor `{name}` of shape {:?} has too many elements to count",
+                c.shape
+            )));
+        };
+        if bytes != c.total_bytes {
+            return Err(Error::Invalid(format!(
+                "tensor `{name}`: a {dtype} tensor of shape {:?} has {bytes} bytes, \
+                 the chunk says {}",
+                c.shape, c.total_bytes
+            )));
+        }
+        if bytes > self.limits.max_tensor_bytes {
+            return Err(Error::TooLarge {
+                what: "tensor",
+                name: name.clone(),
+                bytes,
+                limit: self.limits.max_tensor_bytes,
+                setting: "max_tensor_bytes",
+            });
+        }
+        let request = self.request_bytes + bytes;
+        if request > self.limits.max_request_bytes {
+            return Err(Error::TooLarge {
+                what: "request, at tensor",
+                name: name.clone(),
+                bytes: request,
+                limit: self.limits.max_request_bytes,
+                setting: "max_request_bytes",
+            });
+        }
+        self.request_bytes = request;
+        let role = TensorRole::try_from(c.role).map_err(|_| {
+            Error::Invalid(format!("tensor `{name}`: unknown role {}", c.role))
+        })?;
+        let shape: Vec<usize> = c.shape.iter().map(|&d| d as usize).collect();
+        let n = shape.iter().product();
+        Ok(Partial {
+            name: name.clone(),
+            role,
+            shape,
+            total: bytes as usize,
+            filled: 0,
+            buf: Buf::zeros(dtype, n),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reassemble(messages: Vec<Vec<TensorChunk>>, limits: Limits) -> Result<Vec<Received>> {
+        let mut a = Assembler::new(limits);
+        let mut out = Vec::new();
+        for m in messages {
+            for c in m {
+                out.extend(a.add(c)?);
+            }
+        }
+        a.finish()?;
+        Ok(out)
+    }
+
+    #[test]
+    fn every_dtype_round_trips_and_large_tensors_are_chunked() {
+        let n = CHUNK_BYTES / 4 * 2 + 3; // three chunks
+        let big = Tensor::new(vec![n], (0..n).map(|i| i as f32 * 0.5).collect()).unwrap();
+        let tensors = [
+            ("big", big),
+            ("f64", Tensor::new(vec![2], vec![1.5f64, -2.0]).unwrap()),
+            ("i32", Tensor::new(vec![1, 2], vec![7i32, -8]).unwrap()),
+            ("i64", Tensor::scalar(1i64 << 40)),
+            ("u8", Tensor::new(vec![3], vec![1u8, 2, 255]).unwrap()),
+            ("bool", Tensor::new(vec![2], vec![true, false]).unwrap()),
+            ("empty", Tensor::new(vec![0, 4], Vec::<f32>::new()).unwrap()),
+        ];
+        let messages = pack(
+            tensors
+                .iter()
+                .map(|(n, t)| (*n, TensorRole::Gradient, t)),
+        );
+        // The big tensor fills three messages; the small ones share one.
+        assert_eq!(messages.len(), 4);
+        assert!(messages.iter().flatten().all(|c| c.data.len() <= CHUNK_BYTES));
+        let back = reassemble(messages, Limits::default()).unwrap();
+        assert_eq!(back.len(), tensors.len());
+        for (r, (n, t)) in back.iter().zip(&tensors) {
+            assert_eq!(&r.name, n);
+            assert_eq!(&r.value, t);
+        }
+    }
+
+    #[test]
+    fn sending_shares_the_tensor_buffer() {
+        let t = Tensor::new(vec![4], vec![1f32, 2.0, 3.0, 4.0]).unwrap();
+        let b = tensor_bytes(&t);
+        assert_eq!(b.as_ptr(), t.f32s("test").unwrap().as_ptr().cast::<u8>());
+    }
+
+    #[test]
+    fn limits_and_malformed_streams_are_errors() {
+        let t = Tensor::new(vec![1000], vec![0f32; 1000]).unwrap();
+        let small = Limits {
+            max_tensor_bytes: 1000,
+            max_request_bytes: 10_000,
+        };
+        let e = reassemble(pack([("w", TensorRole::Gradient, &t)]), small).unwrap_err();
+        assert!(matches!(e, Error::TooLarge { .. }), "{e}");
+        assert!(e.to_string().contains("`w`") && e.to_string().contains("max_tensor_bytes"));
+
+        let many: Vec<_> = (0..3).map(|_| t.clone()).collect();
+        let limits = Limits {
+            max_tensor_bytes: 4000,
+            max_request_bytes: 10_000,
+        };
+        let e = reassemble(
+            pack(many.iter().map(|t| ("w", TensorRole::Gradient, t))),
+            limits,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("max_request_bytes"), "{e}");
+
+        // A chunk missing, a stream cut short, a bad total.
+        let big = Tensor::new(vec![CHUNK_BYTES / 2], vec![0f32; CHUNK_BYTES / 2]).unwrap();
+        let mut chunks: Vec<_> = pack([("b", TensorRole::Gradient, &big)])
+            .into_iter()
+            .flatten()
+            .collect();
+        assert_eq!(chunks.len(), 2);
+        let mut a = Assembler::new(Limits::default());
+        assert!(a.add(chunks[1].clone()).is_err());
+        let mut a = Assembler::new(Limits::default());
+        a.add(chunks[0].clone()).unwrap();
+        assert!(a.finish().unwrap_err().to_string().contains("ended inside"));
+        chunks[0].total_bytes += 4;
+        assert!(Assembler::new(Limits::default()).add(chunks[0].clone()).is_err());
+
+        let mut bad = pack([("f", TensorRole::Gradient, &t)]).remove(0).remove(0);
+        bad.dtype = DataType::DtString as i32;
+        let e = Assembler::new(Limits::default()).add(bad).unwrap_err();
+        assert!(e.to_string().contains("DT_STRING"), "{e}");
+    }
+}
