@@ -11,9 +11,7 @@ use psflow_proto::ps::{PushOutcome, TensorRole};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::ShardConfig;
-use crate::limits::{
-    Limits, CONNECTION_WINDOW_BYTES, MAX_MESSAGE_BYTES, STREAM_WINDOW_BYTES,
-};
+use crate::limits::{Limits, CONNECTION_WINDOW_BYTES, MAX_MESSAGE_BYTES, STREAM_WINDOW_BYTES};
 use crate::shard::PushReply;
 use crate::wire::{pack, Assembler};
 use crate::{Error, Result};
@@ -39,7 +37,11 @@ pub struct PsClient {
 impl PsClient {
     /// Connects to the PS at `addr` (`host:port` or `http://host:port`),
     /// retrying until `timeout` passes (the server may still be starting).
-    pub async fn connect(addr: &str, job: impl Into<String>, timeout: Duration) -> Result<PsClient> {
+    pub async fn connect(
+        addr: &str,
+        job: impl Into<String>,
+        timeout: Duration,
+    ) -> Result<PsClient> {
         let uri = if addr.contains("://") {
             addr.to_string()
         } else {
@@ -201,7 +203,10 @@ impl PsClient {
             .inner
             .stats(pb::StatsRequest {})
             .await
-            .map_err(|status| Error::Rpc { op: "Stats", status })?;
+            .map_err(|status| Error::Rpc {
+                op: "Stats",
+                status,
+            })?;
         Ok(r.into_inner())
     }
 

@@ -94,7 +94,9 @@ impl ShardConfig {
         let config = ShardConfig {
             job_id: h.job_id.clone(),
             shard: h.shard,
-            optimizer: optimizer_from_proto(h.optimizer.as_ref().ok_or_else(|| missing("optimizer"))?)?,
+            optimizer: optimizer_from_proto(
+                h.optimizer.as_ref().ok_or_else(|| missing("optimizer"))?,
+            )?,
             schedule: schedule_from_proto(h.schedule.as_ref().ok_or_else(|| missing("schedule"))?)?,
             mode: mode_from_proto(h.mode.as_ref().ok_or_else(|| missing("mode"))?)?,
             version: h.version,
@@ -188,7 +190,9 @@ fn schedule_from_proto(s: &pb::Schedule) -> Result<Schedule> {
         if x.is_finite() {
             Ok(x)
         } else {
-            Err(Error::Invalid(format!("learning-rate schedule: {what} is {x}")))
+            Err(Error::Invalid(format!(
+                "learning-rate schedule: {what} is {x}"
+            )))
         }
     };
     Ok(match s.kind.as_ref() {

@@ -232,12 +232,10 @@ impl ParameterServer for PsService {
         let mut rx = inner.progress.subscribe();
         let wait_ms = req.deadline_ms.min(MAX_PULL_WAIT_MS);
         let reached = |p: &Progress| p.generation != generation || p.version >= req.min_version;
-        let timed_out = tokio::time::timeout(
-            Duration::from_millis(wait_ms),
-            rx.wait_for(|p| reached(p)),
-        )
-        .await
-        .is_err();
+        let timed_out =
+            tokio::time::timeout(Duration::from_millis(wait_ms), rx.wait_for(|p| reached(p)))
+                .await
+                .is_err();
         let progress = *rx.borrow();
         if progress.generation != generation {
             return Err(Error::Replaced {

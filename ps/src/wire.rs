@@ -80,7 +80,11 @@ pub fn pack<'a>(
             let first = offset == 0;
             let chunk = TensorChunk {
                 name: name.to_string(),
-                dtype: if first { dtype_to_proto(t.dtype()) as i32 } else { 0 },
+                dtype: if first {
+                    dtype_to_proto(t.dtype()) as i32
+                } else {
+                    0
+                },
                 shape: if first {
                     t.shape().iter().map(|&d| d as u64).collect()
                 } else {
@@ -348,9 +352,8 @@ impl Assembler {
             });
         }
         self.request_bytes = request;
-        let role = TensorRole::try_from(c.role).map_err(|_| {
-            Error::Invalid(format!("tensor `{name}`: unknown role {}", c.role))
-        })?;
+        let role = TensorRole::try_from(c.role)
+            .map_err(|_| Error::Invalid(format!("tensor `{name}`: unknown role {}", c.role)))?;
         let shape: Vec<usize> = c.shape.iter().map(|&d| d as usize).collect();
         let n = shape.iter().product();
         Ok(Partial {
@@ -393,14 +396,13 @@ mod tests {
             ("bool", Tensor::new(vec![2], vec![true, false]).unwrap()),
             ("empty", Tensor::new(vec![0, 4], Vec::<f32>::new()).unwrap()),
         ];
-        let messages = pack(
-            tensors
-                .iter()
-                .map(|(n, t)| (*n, TensorRole::Gradient, t)),
-        );
+        let messages = pack(tensors.iter().map(|(n, t)| (*n, TensorRole::Gradient, t)));
         // The big tensor fills three messages; the small ones share one.
         assert_eq!(messages.len(), 4);
-        assert!(messages.iter().flatten().all(|c| c.data.len() <= CHUNK_BYTES));
+        assert!(messages
+            .iter()
+            .flatten()
+            .all(|c| c.data.len() <= CHUNK_BYTES));
         let back = reassemble(messages, Limits::default()).unwrap();
         assert_eq!(back.len(), tensors.len());
         for (r, (n, t)) in back.iter().zip(&tensors) {
@@ -452,7 +454,9 @@ mod tests {
         a.add(chunks[0].clone()).unwrap();
         assert!(a.finish().unwrap_err().to_string().contains("ended inside"));
         chunks[0].total_bytes += 4;
-        assert!(Assembler::new(Limits::default()).add(chunks[0].clone()).is_err());
+        assert!(Assembler::new(Limits::default())
+            .add(chunks[0].clone())
+            .is_err());
 
         let mut bad = pack([("f", TensorRole::Gradient, &t)]).remove(0).remove(0);
         bad.dtype = DataType::DtString as i32;

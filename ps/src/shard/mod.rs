@@ -87,7 +87,10 @@ impl Shard {
             } else {
                 vec![]
             };
-            if vars.insert(name.clone(), Variable { value, slots }).is_some() {
+            if vars
+                .insert(name.clone(), Variable { value, slots })
+                .is_some()
+            {
                 return Err(Error::Invalid(format!(
                     "variable `{name}` is given twice in Init"
                 )));
@@ -133,7 +136,12 @@ impl Shard {
     pub fn slots(&self, name: &str) -> Option<Vec<(String, &[f32])>> {
         let v = self.vars.get(name)?;
         let names = optim::slot_names(&self.config.optimizer, name);
-        Some(names.into_iter().zip(v.slots.iter().map(|s| s.as_slice())).collect())
+        Some(
+            names
+                .into_iter()
+                .zip(v.slots.iter().map(|s| s.as_slice()))
+                .collect(),
+        )
     }
 
     pub fn variables(&self) -> Vec<VariableInfo> {
@@ -236,7 +244,11 @@ impl Shard {
             if !seen.insert((t.name.as_str(), assign)) {
                 return Err(Error::Invalid(format!(
                     "the push holds {} `{}` twice",
-                    if assign { "a value for" } else { "a gradient of" },
+                    if assign {
+                        "a value for"
+                    } else {
+                        "a gradient of"
+                    },
                     t.name
                 )));
             }

@@ -75,16 +75,23 @@ pub fn apply(
     adam: Option<AdamPowers>,
 ) -> Result<()> {
     let shape = value.shape().to_vec();
-    let taken = std::mem::replace(value, Tensor::new(vec![0], Vec::<f32>::new()).expect("empty"));
-    let mut var = taken.into_vec::<f32>("ps apply").map_err(|source| Error::Kernel {
-        name: name.to_string(),
-        source,
-    })?;
+    let taken = std::mem::replace(
+        value,
+        Tensor::new(vec![0], Vec::<f32>::new()).expect("empty"),
+    );
+    let mut var = taken
+        .into_vec::<f32>("ps apply")
+        .map_err(|source| Error::Kernel {
+            name: name.to_string(),
+            source,
+        })?;
     let r = match (*optimizer, slots) {
         (Optimizer::RmsProp(c), [mg, ms, mom]) if c.centered => {
             optim::apply_centered_rmsprop(&mut var, mg, ms, mom, grad, rms(c, lr))
         }
-        (Optimizer::RmsProp(c), [ms, mom]) => optim::apply_rmsprop(&mut var, ms, mom, grad, rms(c, lr)),
+        (Optimizer::RmsProp(c), [ms, mom]) => {
+            optim::apply_rmsprop(&mut var, ms, mom, grad, rms(c, lr))
+        }
         (Optimizer::Momentum(c), [accum]) => optim::apply_momentum(
             &mut var,
             accum,
