@@ -1,1 +1,0 @@
-//! membership (being written).
