@@ -140,6 +140,20 @@ pub enum Error {
         resource: String,
         detail: String,
     },
+    /// A `_Recv` waited past its deadline: the sender is dead or slow.
+    #[error("rendezvous key {key:?}: no tensor arrived within {waited:.1?} (is the sending task alive? a longer recv timeout may help a slow one)")]
+    RecvTimeout {
+        key: String,
+        waited: std::time::Duration,
+    },
+
+    /// A send or receive that cannot happen (aborted rendezvous, bad key).
+    #[error("rendezvous key {key:?}: {detail}")]
+    Rendezvous { key: String, detail: String },
+
+    /// A `_Send` / `_Recv` ran in a session that has no rendezvous.
+    #[error("node {node:?} ({op}): the session has no rendezvous; partitioned graphs run in a session made with `Session::with_rendezvous`")]
+    NoRendezvous { node: String, op: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

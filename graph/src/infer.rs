@@ -66,6 +66,7 @@ pub fn infer_graph(
                     .map(|i| i.value.clone().expect("checked"))
                     .collect(),
                 resources: &scratch,
+                rendezvous: None,
             };
             let values = kernel.compute(&mut run)?;
             for (o, v) in out.iter_mut().zip(values) {

@@ -31,7 +31,8 @@ pub mod zoo;
 pub use autodiff::gradients;
 pub use error::{Error, Result};
 pub use executor::{
-    NodeTiming, OpTotal, PlaceholderInfo, Profile, ResourceStore, Schedule, Session,
+    LocalRendezvous, NodeTiming, OpTotal, PlaceholderInfo, Profile, Rendezvous, RendezvousKey,
+    ResourceStore, Schedule, Session,
 };
 pub use ir::{Graph, Input, Node, TensorName};
 pub use registry::{OpContext, OpKernel, Registry, TensorInfo};

@@ -26,6 +26,9 @@ pub enum GraphCommand {
     Build(BuildArgs),
     /// Parameters, multiply-adds and a per-layer table of a GraphDef.
     Summary(SummaryArgs),
+    /// How the cluster would split a (training) GraphDef: variables on PS
+    /// shards (bytes per shard, split variables) and the worker partition.
+    Partition(super::graph_partition::PartitionArgs),
 }
 
 #[derive(Args)]
@@ -80,6 +83,7 @@ pub fn dispatch(cmd: GraphCommand) -> Result<ExitCode> {
     let result = match cmd {
         GraphCommand::Build(a) => build(&a),
         GraphCommand::Summary(a) => summary(&a),
+        GraphCommand::Partition(a) => super::graph_partition::run(&a),
     };
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
@@ -393,7 +397,7 @@ fn summary_json(path: &Path, s: &Summary) -> Value {
 }
 
 /// 1234567 → "1,234,567".
-fn group(mut n: u64) -> String {
+pub(crate) fn group(mut n: u64) -> String {
     let mut parts = vec![];
     while n >= 1000 {
         parts.push(format!("{:03}", n % 1000));
@@ -405,7 +409,7 @@ fn group(mut n: u64) -> String {
 }
 
 /// 11596288 → "11.60 M".
-fn human(n: u64) -> String {
+pub(crate) fn human(n: u64) -> String {
     let x = n as f64;
     if x >= 1e9 {
         format!("{:.2} G", x / 1e9)

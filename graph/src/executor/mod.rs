@@ -8,22 +8,24 @@
 mod feed;
 mod plan;
 mod profile;
+mod rendezvous;
 mod resources;
+mod run;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use psflow_kernels::{DType, Tensor};
 
 pub use feed::cast_lossless;
 use plan::Plan;
-use profile::Timer;
 pub use profile::{NodeTiming, OpTotal, Profile, Schedule};
+pub use rendezvous::{LocalRendezvous, RecvDone, Rendezvous, RendezvousKey, DEFAULT_RECV_TIMEOUT};
 pub use resources::{ResourceStore, VarSlot};
 
 use crate::ir::{Graph, TensorName};
-use crate::registry::{OpContext, OpKernel, Registry, TensorInfo};
+use crate::registry::{OpKernel, Registry, TensorInfo};
 use crate::shape::Shape;
 use crate::validate::validate;
 use crate::{Error, Result};
@@ -47,6 +49,8 @@ pub struct Session {
     infos: Vec<Vec<TensorInfo>>,
     resources: Arc<ResourceStore>,
     plans: Mutex<HashMap<PlanKey, Arc<Plan>>>,
+    rendezvous: Option<Arc<dyn Rendezvous>>,
+    recv_timeout: Duration,
 }
 
 impl Session {
@@ -73,7 +77,27 @@ impl Session {
             infos: v.infos,
             resources,
             plans: Mutex::new(HashMap::new()),
+            rendezvous: None,
+            recv_timeout: DEFAULT_RECV_TIMEOUT,
         })
+    }
+
+    /// This session's `_Send`s and `_Recv`s meet their peers in
+    /// `rendezvous` (shared with the sessions of the other partitions).
+    pub fn with_rendezvous(mut self, rendezvous: Arc<dyn Rendezvous>) -> Session {
+        self.rendezvous = Some(rendezvous);
+        self
+    }
+
+    /// How long a run waits for one `_Recv` before failing with an error
+    /// naming its key (default [`DEFAULT_RECV_TIMEOUT`]).
+    pub fn with_recv_timeout(mut self, timeout: Duration) -> Session {
+        self.recv_timeout = timeout;
+        self
+    }
+
+    pub fn rendezvous(&self) -> Option<&Arc<dyn Rendezvous>> {
+        self.rendezvous.as_ref()
     }
 
     pub fn graph(&self) -> &Graph {
@@ -250,55 +274,7 @@ impl Session {
         slots: Vec<Option<Tensor>>,
         profile: Option<Profiling<'_>>,
     ) -> Result<Vec<Tensor>> {
-        let (origin, timings, schedule) = match profile {
-            Some(p) => (Some(p.origin), Some(p.timings), p.schedule),
-            None => (None, None, Schedule::Parallel),
-        };
-        let run = Run {
-            session: self,
-            plan,
-            origin,
-            state: Mutex::new(RunState {
-                slots,
-                uses_left: plan.uses.clone(),
-                pending: plan.pending.clone(),
-                error: None,
-                timings: Vec::new(),
-            }),
-        };
-        let ready: Vec<usize> = (0..plan.nodes.len())
-            .filter(|&p| plan.pending[p] == 0)
-            .collect();
-        match schedule {
-            Schedule::Parallel => rayon::scope(|s| {
-                for p in ready {
-                    let run = &run;
-                    s.spawn(move |s| run.node(s, p));
-                }
-            }),
-            // Plan order is topological: every node's inputs are ready.
-            Schedule::Serial => {
-                for p in 0..plan.nodes.len() {
-                    run.compute(p);
-                }
-            }
-        }
-        let mut state = run.state.into_inner().expect("run state lock");
-        if let Some(e) = state.error.take() {
-            return Err(e);
-        }
-        if let Some(t) = timings {
-            *t = std::mem::take(&mut state.timings);
-        }
-        plan.fetch_slots
-            .iter()
-            .map(|&s| {
-                state.slots[s].clone().ok_or_else(|| Error::InvalidNode {
-                    node: String::new(),
-                    detail: "internal: a fetched tensor was not produced".into(),
-                })
-            })
-            .collect()
+        run::execute(self, plan, slots, profile)
     }
 
     /// Graph node names that a run of these fetches and targets executes,
@@ -329,137 +305,12 @@ impl Session {
 }
 
 /// What a profiled run records into and how it schedules.
-struct Profiling<'t> {
-    origin: Instant,
-    timings: &'t mut Vec<NodeTiming>,
-    schedule: Schedule,
+pub(super) struct Profiling<'t> {
+    pub(super) origin: Instant,
+    pub(super) timings: &'t mut Vec<NodeTiming>,
+    pub(super) schedule: Schedule,
 }
 
-struct RunState {
-    slots: Vec<Option<Tensor>>,
-    uses_left: Vec<usize>,
-    pending: Vec<usize>,
-    error: Option<Error>,
-    /// Kernel timings, when the run is profiled.
-    timings: Vec<NodeTiming>,
-}
-
-struct Run<'a> {
-    session: &'a Session,
-    plan: &'a Plan,
-    /// When the run began; Some only when it is profiled.
-    origin: Option<Instant>,
-    state: Mutex<RunState>,
-}
-
-impl<'a> Run<'a> {
-    /// Runs plan node `p`, then the consumers it made ready: one on this
-    /// thread, the others spawned.
-    fn node<'s>(&'s self, scope: &rayon::Scope<'s>, mut p: usize)
-    where
-        'a: 's,
-    {
-        loop {
-            let mut ready = self.compute(p);
-            let Some(next) = ready.pop() else { return };
-            for c in ready {
-                scope.spawn(move |s| self.node(s, c));
-            }
-            p = next;
-        }
-    }
-
-    /// Runs plan node `p` and returns the plan nodes it made ready (none
-    /// once the run has failed).
-    fn compute(&self, p: usize) -> Vec<usize> {
-        let id = self.plan.nodes[p];
-        let inputs = {
-            let mut st = self.state.lock().expect("run state lock");
-            if st.error.is_some() {
-                return vec![];
-            }
-            let mut inputs = Vec::with_capacity(self.plan.inputs[p].len());
-            for &s in &self.plan.inputs[p] {
-                st.uses_left[s] -= 1;
-                let t = if st.uses_left[s] == 0 {
-                    st.slots[s].take()
-                } else {
-                    st.slots[s].clone()
-                };
-                inputs.push(t.expect("inputs are produced before consumers run"));
-            }
-            inputs
-        };
-        let node = &self.session.graph.nodes()[id];
-        let kernel = &self.session.kernels[id];
-        let mut ctx = OpContext {
-            node,
-            inputs,
-            resources: &self.session.resources,
-        };
-        let skip = self.plan.skip[p];
-        let timer = (self.origin.is_some() && !skip).then(Timer::start);
-        let result = if skip {
-            Ok(vec![])
-        } else {
-            kernel.compute(&mut ctx)
-        };
-        drop(ctx);
-        let timing = match (timer, self.origin, &result) {
-            (Some(timer), Some(origin), Ok(outs)) => {
-                let (start, end, self_time) = timer.finish(origin);
-                Some(NodeTiming {
-                    node: node.name.clone(),
-                    op: node.op.clone(),
-                    output_shapes: outs.iter().map(|t| t.shape().to_vec()).collect(),
-                    start,
-                    end,
-                    self_time,
-                    thread: rayon::current_thread_index(),
-                })
-            }
-            (Some(timer), Some(origin), Err(_)) => {
-                timer.finish(origin);
-                None
-            }
-            _ => None,
-        };
-        let mut ready = Vec::new();
-        let mut st = self.state.lock().expect("run state lock");
-        match result {
-            Ok(outs) if outs.len() == kernel.num_outputs() || skip => {
-                if let Some(t) = timing {
-                    st.timings.push(t);
-                }
-                for (t, slot) in outs.into_iter().zip(&self.plan.outputs[p]) {
-                    if let Some(s) = slot {
-                        st.slots[*s] = Some(t);
-                    }
-                }
-                for &c in &self.plan.consumers[p] {
-                    st.pending[c] -= 1;
-                    if st.pending[c] == 0 {
-                        ready.push(c);
-                    }
-                }
-            }
-            Ok(outs) => {
-                st.error.get_or_insert(Error::InvalidNode {
-                    node: node.name.clone(),
-                    detail: format!(
-                        "kernel returned {} outputs, expected {}",
-                        outs.len(),
-                        kernel.num_outputs()
-                    ),
-                });
-            }
-            Err(e) => {
-                st.error.get_or_insert(e);
-            }
-        }
-        ready
-    }
-}
 
 #[cfg(test)]
 mod tests {

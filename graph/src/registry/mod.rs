@@ -11,8 +11,11 @@ mod grad_ops;
 mod math;
 mod nn;
 mod random;
+mod sendrecv;
 mod state;
 
+pub(crate) use sendrecv::check_received;
+pub use sendrecv::transfer_key;
 pub use state::{resource_handle, resource_name, variable_key};
 
 use std::collections::BTreeMap;
@@ -20,7 +23,7 @@ use std::collections::BTreeMap;
 pub use grad_ops::broadcast_reduction_axes;
 use psflow_kernels::{DType, Tensor};
 
-use crate::executor::ResourceStore;
+use crate::executor::{Rendezvous, RendezvousKey, ResourceStore};
 use crate::ir::Node;
 use crate::shape::Shape;
 use crate::{Error, Result};
@@ -114,6 +117,8 @@ pub struct OpContext<'a> {
     pub node: &'a Node,
     pub inputs: Vec<Tensor>,
     pub resources: &'a ResourceStore,
+    /// Where `_Send` / `_Recv` meet their peers (None: the session has none).
+    pub rendezvous: Option<&'a dyn Rendezvous>,
 }
 
 impl OpContext<'_> {
@@ -152,6 +157,12 @@ pub trait OpKernel: Send + Sync {
     /// during shape inference.
     fn is_stateful(&self) -> bool {
         false
+    }
+
+    /// A receive (`_Recv`): the key it waits on. The executor waits for
+    /// such nodes' values without occupying a compute thread.
+    fn recv_key(&self) -> Option<&RendezvousKey> {
+        None
     }
 }
 
@@ -216,6 +227,7 @@ impl Registry {
         grad_ops::register(&mut r);
         state::register(&mut r);
         random::register(&mut r);
+        sendrecv::register(&mut r);
         r
     }
 

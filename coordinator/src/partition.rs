@@ -1,1 +1,0 @@
-//! partition (being written).
