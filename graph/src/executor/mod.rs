@@ -311,7 +311,6 @@ pub(super) struct Profiling<'t> {
     pub(super) schedule: Schedule,
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
