@@ -37,6 +37,7 @@ impl Server {
 }
 
 pub struct Cluster {
+    #[allow(dead_code)]
     pub membership: Arc<MemoryMembership>,
     pub coordinator: Server,
     pub ps: Vec<Server>,
@@ -57,6 +58,10 @@ async fn register(m: &Arc<dyn Membership>, role: Role, id: String, addr: &str) -
 
 impl Cluster {
     pub async fn start(workers: usize, ps: usize) -> Cluster {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let membership = Arc::new(MemoryMembership::new("test").unwrap());
         let m: Arc<dyn Membership> = membership.clone();
         let mut ps_servers = vec![];
