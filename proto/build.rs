@@ -40,6 +40,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config().compile_protos(PROTOS, &["proto"])?;
     tonic_prost_build::configure()
         .extern_path(".tensorflow", "crate::tensorflow")
+        // Buffers sized for tensor chunks (see src/codec.rs).
+        .codec_path("crate::codec::TensorCodec")
         .compile_with_config(config(), SERVICES, &["proto"])?;
     Ok(())
 }

@@ -84,6 +84,9 @@ enum BenchCommand {
     },
     /// Training images/s of a zoo model on random tensors (no input pipeline).
     Train(bench::train::BenchTrainArgs),
+    /// Push + pull of parameters through a loopback parameter server, next
+    /// to raw TCP.
+    Transfer(bench::transfer::BenchTransferArgs),
 }
 
 fn main() -> ExitCode {
@@ -135,6 +138,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Train(args) => user_result(commands::train::run(&args)),
         Command::Quickstart(args) => user_result(commands::quickstart::run(&args)),
         Command::Bench(BenchCommand::Train(args)) => user_result(bench::train::run(&args)),
+        Command::Bench(BenchCommand::Transfer(args)) => user_result(bench::transfer::run(&args)),
         Command::Bench(BenchCommand::Kernels {
             batch,
             repeats,

@@ -39,6 +39,7 @@ pub mod coordinator {
     include!(concat!(env!("OUT_DIR"), "/psflow.coordinator.rs"));
 }
 
+pub mod codec;
 pub mod ext;
 
 pub use prost::Message;

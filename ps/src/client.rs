@@ -11,7 +11,9 @@ use psflow_proto::ps::{PushOutcome, TensorRole};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::ShardConfig;
-use crate::limits::{Limits, CONNECTION_WINDOW_BYTES, MAX_MESSAGE_BYTES, STREAM_WINDOW_BYTES};
+use crate::limits::{
+    Limits, CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, STREAM_WINDOW_BYTES,
+};
 use crate::shard::PushReply;
 use crate::wire::{pack, Assembler};
 use crate::{Error, Result};
@@ -55,6 +57,7 @@ impl PsClient {
             .map_err(|e| connect_err(format!("not a valid address: {e}")))?
             .connect_timeout(timeout)
             .tcp_nodelay(true)
+            .max_frame_size(MAX_FRAME_BYTES)
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
         let deadline = Instant::now() + timeout;

@@ -13,6 +13,8 @@
 //!
 //! The protocol, limits and modes are described in `docs/cluster.md`.
 
+pub mod alloc;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod error;

@@ -33,6 +33,10 @@ pub const MAX_PULL_WAIT_MS: u64 = 10 * 60 * 1000;
 pub const STREAM_WINDOW_BYTES: u32 = 8 << 20;
 pub const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
 
+/// Largest HTTP/2 frame either side accepts (h2's default is 16 KiB: a
+/// 1 MiB message would be 64 frames).
+pub const MAX_FRAME_BYTES: u32 = 1 << 20;
+
 /// Size limits a server enforces; violations are RESOURCE_EXHAUSTED errors
 /// naming the tensor and the setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,7 +27,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::{Mode, ShardConfig};
 use crate::limits::{
-    Limits, CONNECTION_WINDOW_BYTES, MAX_MESSAGE_BYTES, MAX_PULL_WAIT_MS, STREAM_WINDOW_BYTES,
+    Limits, CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, MAX_PULL_WAIT_MS,
+    STREAM_WINDOW_BYTES,
 };
 use crate::shard::{Push, Shard};
 use crate::wire::{pack, Assembler, Received};
@@ -176,7 +177,7 @@ impl ParameterServer for PsService {
     ) -> Result<Response<pb::InitResponse>, Status> {
         let inner = &self.inner;
         // Refuse a duplicate Init before its data arrive.
-        let check = |h: &pb::InitHeader| match inner.lock().as_ref() {
+        let check = |shard: Option<&Shard>, h: &pb::InitHeader| match shard {
             Some(s) if s.job_id() == h.job_id && !h.force => Err(Error::AlreadyInitialized {
                 job: h.job_id.clone(),
                 shard: s.config().shard,
@@ -189,7 +190,7 @@ impl ParameterServer for PsService {
             |m: pb::InitRequest| (m.header, m.chunks),
             |h| {
                 ShardConfig::from_header(h)?;
-                check(h)
+                check(inner.lock().as_ref(), h)
             },
         )
         .await?;
@@ -202,7 +203,7 @@ impl ParameterServer for PsService {
         let version = shard.version();
         {
             let mut guard = inner.lock();
-            check(&header)?;
+            check(guard.as_ref(), &header)?;
             *guard = Some(shard);
             inner.progress.send_modify(|p| {
                 p.generation += 1;
@@ -393,6 +394,7 @@ pub async fn serve_with(
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .tcp_nodelay(true)
+        .max_frame_size(MAX_FRAME_BYTES)
         .add_service(health)
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)

@@ -22,13 +22,34 @@ fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
 }
 
-/// The bytes of a mutable slice of numbers for which every bit pattern is a
-/// valid value (f32, f64, i32, i64, u8 — not bool).
-fn as_bytes_mut<T: Copy>(v: &mut [T]) -> &mut [u8] {
-    // SAFETY: callers pass only f32/f64/i32/i64/u8 slices, types without
-    // padding for which any bytes are a valid value; the slice covers
-    // exactly `v`'s memory and borrows it mutably.
-    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+/// Copies `data` to byte offset `at` of `v`'s spare capacity (`v` is
+/// empty, with capacity for the whole tensor).
+fn write_spare<T: Copy>(v: &mut Vec<T>, at: usize, data: &[u8]) {
+    let spare = v.spare_capacity_mut();
+    assert!(
+        at + data.len() <= std::mem::size_of_val(spare),
+        "checked by the caller"
+    );
+    // SAFETY: the destination range lies inside the vector's allocation
+    // (asserted above) and cannot overlap `data`, a different buffer.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            data.as_ptr(),
+            spare.as_mut_ptr().cast::<u8>().add(at),
+            data.len(),
+        )
+    }
+}
+
+/// Marks the first `n` elements of `v` written.
+///
+/// # Safety
+/// All `n * size_of::<T>()` bytes were written by [`write_spare`], and
+/// every bit pattern is a valid `T` (f32, f64, i32, i64, u8: not bool).
+unsafe fn assume_written<T>(mut v: Vec<T>, n: usize) -> Vec<T> {
+    // SAFETY: the caller's contract; `n` is within the capacity.
+    unsafe { v.set_len(n) };
+    v
 }
 
 /// Owns a tensor's buffer and shows it as bytes, so [`Bytes`] can share it.
@@ -122,7 +143,9 @@ pub struct Received {
     pub value: Tensor,
 }
 
-/// A typed buffer being filled from chunks.
+/// A typed buffer being filled from chunks: allocated for the whole
+/// tensor but not initialized (no zeroing pass), written chunk by chunk,
+/// its length set once every byte arrived.
 enum Buf {
     F32(Vec<f32>),
     F64(Vec<f64>),
@@ -133,30 +156,44 @@ enum Buf {
 }
 
 impl Buf {
-    fn zeros(dtype: DType, n: usize) -> Buf {
+    fn with_capacity(dtype: DType, n: usize) -> Buf {
         match dtype {
-            DType::F32 => Buf::F32(vec![0.0; n]),
-            DType::F64 => Buf::F64(vec![0.0; n]),
-            DType::I32 => Buf::I32(vec![0; n]),
-            DType::I64 => Buf::I64(vec![0; n]),
-            DType::U8 => Buf::U8(vec![0; n], false),
-            DType::Bool => Buf::U8(vec![0; n], true),
+            DType::F32 => Buf::F32(Vec::with_capacity(n)),
+            DType::F64 => Buf::F64(Vec::with_capacity(n)),
+            DType::I32 => Buf::I32(Vec::with_capacity(n)),
+            DType::I64 => Buf::I64(Vec::with_capacity(n)),
+            DType::U8 => Buf::U8(Vec::with_capacity(n), false),
+            DType::Bool => Buf::U8(Vec::with_capacity(n), true),
         }
     }
 
-    /// The buffer's bytes, to copy little-endian data into. (On big-endian
+    /// Copies little-endian data to byte offset `at`. (On big-endian
     /// machines the elements are swapped in [`Buf::into_tensor`].)
-    fn bytes_mut(&mut self) -> &mut [u8] {
+    fn write(&mut self, at: usize, data: &[u8]) {
         match self {
-            Buf::F32(v) => as_bytes_mut(v),
-            Buf::F64(v) => as_bytes_mut(v),
-            Buf::I32(v) => as_bytes_mut(v),
-            Buf::I64(v) => as_bytes_mut(v),
-            Buf::U8(v, _) => v,
+            Buf::F32(v) => write_spare(v, at, data),
+            Buf::F64(v) => write_spare(v, at, data),
+            Buf::I32(v) => write_spare(v, at, data),
+            Buf::I64(v) => write_spare(v, at, data),
+            Buf::U8(v, _) => write_spare(v, at, data),
         }
     }
 
-    fn into_tensor(self, name: &str, shape: Vec<usize>) -> Result<Tensor> {
+    /// The tensor, once all `n` elements were written.
+    ///
+    /// # Safety
+    /// Every byte of the `n` elements was written with [`Buf::write`].
+    unsafe fn into_tensor(self, name: &str, shape: Vec<usize>) -> Result<Tensor> {
+        let n = shape.iter().product();
+        // SAFETY (all arms): the caller wrote every byte; u8 bools are
+        // checked before they become bools.
+        let self_ = match self {
+            Buf::F32(v) => Buf::F32(unsafe { assume_written(v, n) }),
+            Buf::F64(v) => Buf::F64(unsafe { assume_written(v, n) }),
+            Buf::I32(v) => Buf::I32(unsafe { assume_written(v, n) }),
+            Buf::I64(v) => Buf::I64(unsafe { assume_written(v, n) }),
+            Buf::U8(v, b) => Buf::U8(unsafe { assume_written(v, n) }, b),
+        };
         #[cfg(target_endian = "big")]
         fn swap<T>(mut v: Vec<T>, f: fn(T) -> T) -> Vec<T>
         where
@@ -169,7 +206,7 @@ impl Buf {
         fn swap<T>(v: Vec<T>, _: fn(T) -> T) -> Vec<T> {
             v
         }
-        let data = match self {
+        let data = match self_ {
             Buf::F32(v) => Data::F32(swap(v, |x| f32::from_bits(u32::from_le(x.to_bits()))).into()),
             Buf::F64(v) => Data::F64(swap(v, |x| f64::from_bits(u64::from_le(x.to_bits()))).into()),
             Buf::I32(v) => Data::I32(swap(v, i32::from_le).into()),
@@ -261,13 +298,15 @@ impl Assembler {
                 p.total
             )));
         }
-        p.buf.bytes_mut()[p.filled..end].copy_from_slice(&chunk.data);
+        p.buf.write(p.filled, &chunk.data);
         p.filled = end;
         if p.filled < p.total {
             return Ok(None);
         }
         let p = self.current.take().expect("checked above");
-        let value = p.buf.into_tensor(&p.name, p.shape)?;
+        // SAFETY: chunks are contiguous from offset 0 (checked above) and
+        // together cover all `total` bytes.
+        let value = unsafe { p.buf.into_tensor(&p.name, p.shape) }?;
         Ok(Some(Received {
             name: p.name,
             role: p.role,
@@ -362,7 +401,7 @@ impl Assembler {
             shape,
             total: bytes as usize,
             filled: 0,
-            buf: Buf::zeros(dtype, n),
+            buf: Buf::with_capacity(dtype, n),
         })
     }
 }
@@ -397,8 +436,10 @@ mod tests {
             ("empty", Tensor::new(vec![0, 4], Vec::<f32>::new()).unwrap()),
         ];
         let messages = pack(tensors.iter().map(|(n, t)| (*n, TensorRole::Gradient, t)));
-        // The big tensor fills three messages; the small ones share one.
-        assert_eq!(messages.len(), 4);
+        // Two full chunks of the big tensor, each a message; its 12-byte
+        // tail shares the last message with the small tensors.
+        assert_eq!(messages.len(), 3);
+        assert_eq!(messages[2].len(), 1 + tensors.len() - 1);
         assert!(messages
             .iter()
             .flatten()

@@ -5,6 +5,7 @@ pub mod kernels;
 pub mod machine;
 pub mod profile;
 pub mod train;
+pub mod transfer;
 
 use std::time::{Duration, Instant};
 

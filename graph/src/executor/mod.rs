@@ -305,10 +305,10 @@ impl Session {
 }
 
 /// What a profiled run records into and how it schedules.
-pub(super) struct Profiling<'t> {
-    pub(super) origin: Instant,
-    pub(super) timings: &'t mut Vec<NodeTiming>,
-    pub(super) schedule: Schedule,
+struct Profiling<'t> {
+    origin: Instant,
+    timings: &'t mut Vec<NodeTiming>,
+    schedule: Schedule,
 }
 
 #[cfg(test)]

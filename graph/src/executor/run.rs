@@ -60,15 +60,14 @@ impl Arrivals {
 struct Run<'a> {
     session: &'a Session,
     plan: &'a Plan,
-    /// When the run began; Some only when it is profiled.
-    origin: Option<Instant>,
     state: Mutex<RunState>,
     arrivals: Arc<Arrivals>,
+    /// When the run began; Some only when it is profiled.
+    origin: Option<Instant>,
 }
 
 /// Runs `plan` with the fed `slots`; returns the fetches in order. A
-/// profiled run records every kernel's timing; [`Schedule::Serial`] runs
-/// one node at a time on the calling thread.
+/// profiled run records every kernel's timing into `profile`.
 pub(super) fn execute(
     session: &Session,
     plan: &Plan,
@@ -82,7 +81,6 @@ pub(super) fn execute(
     let run = Run {
         session,
         plan,
-        origin,
         state: Mutex::new(RunState {
             slots,
             uses_left: plan.uses.clone(),
@@ -93,33 +91,37 @@ pub(super) fn execute(
             timings: Vec::new(),
         }),
         arrivals: Arc::default(),
+        origin,
     };
     let total = plan.nodes.len();
+    if schedule == Schedule::Serial {
+        // Plan order is topological: every node's inputs are ready. A
+        // receive would need the event loop below, so serial runs refuse it.
+        for p in 0..total {
+            if run.is_recv(p) {
+                let node = &session.graph.nodes()[plan.nodes[p]];
+                return Err(Error::InvalidNode {
+                    node: node.name.clone(),
+                    detail: "a serial (profiling) run cannot receive; use Schedule::Parallel"
+                        .into(),
+                });
+            }
+            if run.compute(p).is_none() {
+                break;
+            }
+        }
+        return finish(session, plan, run, timings);
+    }
     let mut ready: Vec<usize> = (0..total).filter(|&p| plan.pending[p] == 0).collect();
     loop {
         let compute = run.sort_ready(ready);
-        match schedule {
-            Schedule::Parallel if !compute.is_empty() => rayon::scope(|s| {
+        if !compute.is_empty() {
+            rayon::scope(|s| {
                 for p in compute {
                     let run = &run;
                     s.spawn(move |s| run.node(s, p));
                 }
-            }),
-            Schedule::Parallel => {}
-            Schedule::Serial => {
-                let mut queue = compute;
-                queue.reverse();
-                while let Some(p) = queue.pop() {
-                    match run.compute(p) {
-                        Some(ready) => {
-                            let mut more = run.sort_ready(ready);
-                            more.reverse();
-                            queue.extend(more);
-                        }
-                        None => break,
-                    }
-                }
-            }
+            });
         }
         {
             let st = run.state.lock().expect("run state lock");
@@ -139,6 +141,16 @@ pub(super) fn execute(
             }
         }
     }
+    finish(session, plan, run, timings)
+}
+
+/// The fetches of a finished run (or its error); hands the timings over.
+fn finish(
+    session: &Session,
+    plan: &Plan,
+    run: Run<'_>,
+    timings: Option<&mut Vec<NodeTiming>>,
+) -> Result<Vec<Tensor>> {
     let mut state = run.state.into_inner().expect("run state lock");
     if let Some(t) = timings {
         *t = std::mem::take(&mut state.timings);
@@ -350,8 +362,8 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Runs plan node `p`; returns the consumers it made ready (None when
-    /// the run failed).
+    /// Runs plan node `p`'s kernel; returns the plan nodes it made ready,
+    /// or None once the run has failed.
     fn compute(&self, p: usize) -> Option<Vec<usize>> {
         let id = self.plan.nodes[p];
         let inputs = {

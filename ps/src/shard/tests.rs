@@ -1,1 +1,151 @@
+use psflow_graph::train::optimizer::{AdamConfig, Optimizer, SgdConfig};
+use psflow_graph::train::schedule::Schedule;
+use psflow_kernels::ops::optim as kopt;
 
+use super::*;
+
+fn t(v: &[f32]) -> Tensor {
+    Tensor::new(vec![v.len()], v.to_vec()).unwrap()
+}
+
+fn grad(name: &str, v: &[f32]) -> Received {
+    Received {
+        name: name.into(),
+        role: TensorRole::Gradient,
+        value: t(v),
+    }
+}
+
+fn push(worker: u32, step: u64, partial: bool, tensors: Vec<Received>) -> Push {
+    Push {
+        worker,
+        base_version: step,
+        partial,
+        tensors,
+    }
+}
+
+fn sgd(mode: Mode) -> ShardConfig {
+    ShardConfig {
+        optimizer: Optimizer::Sgd(SgdConfig {}),
+        mode,
+        ..ShardConfig::new("job", 1.0, 1)
+    }
+}
+
+#[test]
+fn partial_pushes_make_up_one_workers_step() {
+    let mode = Mode::Sync {
+        workers: 2,
+        backup: 0,
+    };
+    let vars = vec![("a".into(), t(&[0.0])), ("b".into(), t(&[0.0]))];
+    let mut s = Shard::new(sgd(mode), vars).unwrap();
+    // Worker 0 sends layer by layer; worker 1 at once.
+    let r = s.push(push(0, 0, true, vec![grad("b", &[2.0])])).unwrap();
+    assert_eq!(r.outcome, PushOutcome::Accepted);
+    // The same variable twice in one step is refused, and changes nothing.
+    let e = s
+        .push(push(0, 0, true, vec![grad("b", &[2.0])]))
+        .unwrap_err();
+    assert!(e.to_string().contains("already pushed `b`"), "{e}");
+    s.push(push(
+        1,
+        0,
+        false,
+        vec![grad("a", &[4.0]), grad("b", &[4.0])],
+    ))
+    .unwrap();
+    assert_eq!(s.version(), 0, "worker 0 has not finished the step");
+    let r = s.push(push(0, 0, false, vec![grad("a", &[2.0])])).unwrap();
+    assert_eq!((r.outcome, r.version), (PushOutcome::Applied, 1));
+    assert_eq!(s.value("a").unwrap(), &t(&[-3.0]));
+    assert_eq!(s.value("b").unwrap(), &t(&[-3.0]));
+    // A finished worker cannot push the step again; a push ahead is refused.
+    let e = s.push(push(0, 2, false, vec![])).unwrap_err();
+    assert!(e.to_string().contains("pull version 2"), "{e}");
+}
+
+#[test]
+fn a_worker_cannot_finish_a_step_twice() {
+    let mode = Mode::Sync {
+        workers: 2,
+        backup: 0,
+    };
+    let mut s = Shard::new(sgd(mode), vec![("a".into(), t(&[0.0]))]).unwrap();
+    s.push(push(0, 0, false, vec![grad("a", &[1.0])])).unwrap();
+    let e = s.push(push(0, 0, false, vec![])).unwrap_err();
+    assert!(
+        e.to_string().contains("worker 0 already pushed step 0"),
+        "{e}"
+    );
+    assert_eq!(s.step_workers_done(), 1);
+}
+
+#[test]
+fn adam_keeps_beta_powers_as_tf1() {
+    let cfg = AdamConfig::default();
+    let config = ShardConfig {
+        optimizer: Optimizer::Adam(cfg),
+        schedule: Schedule::Constant(0.01),
+        mode: Mode::Async,
+        ..ShardConfig::new("job", 0.01, 1)
+    };
+    let init = [0.5f32, -1.0, 2.0];
+    let mut s = Shard::new(config, vec![("w".into(), t(&init))]).unwrap();
+    let (mut var, mut m, mut v) = (init.to_vec(), vec![0.0; 3], vec![0.0; 3]);
+    let (mut p1, mut p2) = (cfg.beta1, cfg.beta2);
+    for step in 0..3 {
+        let g = [0.1f32 * step as f32, -0.2, 0.3];
+        s.push(push(0, step, false, vec![grad("w", &g)])).unwrap();
+        let h = kopt::AdamHyper {
+            lr: 0.01,
+            beta1: cfg.beta1,
+            beta2: cfg.beta2,
+            epsilon: cfg.epsilon,
+            beta1_power: p1,
+            beta2_power: p2,
+            use_nesterov: false,
+        };
+        kopt::apply_adam(&mut var, &mut m, &mut v, &g, h).unwrap();
+        p1 *= cfg.beta1;
+        p2 *= cfg.beta2;
+    }
+    assert_eq!(s.value("w").unwrap(), &t(&var));
+    let slots = s.slots("w").unwrap();
+    assert_eq!(slots[0].0, "w/Adam");
+    assert_eq!(slots[0].1, &m[..]);
+    assert_eq!(slots[1].1, &v[..]);
+}
+
+#[test]
+fn non_float_variables_take_assigns_but_not_gradients() {
+    let counter = Tensor::new(vec![1], vec![5i64]).unwrap();
+    let mut s = Shard::new(sgd(Mode::Async), vec![("n".into(), counter)]).unwrap();
+    let g = Received {
+        name: "n".into(),
+        role: TensorRole::Gradient,
+        value: Tensor::new(vec![1], vec![1i64]).unwrap(),
+    };
+    let e = s.push(push(0, 0, false, vec![g])).unwrap_err();
+    assert!(e.to_string().contains("float32"), "{e}");
+    let a = Received {
+        name: "n".into(),
+        role: TensorRole::Assign,
+        value: Tensor::new(vec![1], vec![9i64]).unwrap(),
+    };
+    s.push(push(0, 0, false, vec![a])).unwrap();
+    assert_eq!(s.value("n").unwrap().to_i64_vec("t").unwrap(), vec![9]);
+}
+
+#[test]
+fn set_workers_is_only_for_sync_mode() {
+    let mut s = Shard::new(sgd(Mode::Async), vec![]).unwrap();
+    assert!(matches!(s.set_workers(2), Err(Error::Precondition(_))));
+    let sync = Mode::Sync {
+        workers: 2,
+        backup: 0,
+    };
+    let mut s = Shard::new(sgd(sync), vec![]).unwrap();
+    assert!(matches!(s.set_workers(0), Err(Error::Invalid(_))));
+}

@@ -42,7 +42,8 @@ pub fn load(spec: &DataSpec) -> Result<LoadedData, DataError> {
 
 /// The training preprocessing `augment` names (`cifar`: the
 /// MobileNet-on-CIFAR recipe, `crop-flip`: its geometric half, `none`:
-/// standardization only), resized to `resolution`, grey images replicated
+/// standardization only, `flip`: random flips only, `raw`: nothing),
+/// resized to `resolution`, grey images replicated
 /// to RGB.
 pub fn augment_for(
     augment: &str,
@@ -62,10 +63,15 @@ pub fn augment_for(
             contrast: None,
             ..AugmentConfig::cifar_train()
         },
+        "flip" => AugmentConfig {
+            flip: true,
+            ..AugmentConfig::eval()
+        },
         "none" => AugmentConfig::eval(),
+        "raw" => AugmentConfig::none(),
         other => {
             return Err(DataError::config(format!(
-                "unknown augmentation {other:?} (cifar, crop-flip or none)"
+                "unknown augmentation {other:?} (cifar, crop-flip, flip, none or raw)"
             )))
         }
     };

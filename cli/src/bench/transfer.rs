@@ -1,0 +1,66 @@
+//! `psflow bench transfer`: push + pull of N MiB of parameters between one
+//! client and one parameter server on loopback gRPC, next to a raw TCP
+//! loopback transfer of the same bytes in the same run (issue 4 §8; target:
+//! the PS at ≥ 50% of raw TCP).
+
+use anyhow::{anyhow, Context};
+use clap::Args;
+use serde_json::json;
+
+#[derive(Args, Debug)]
+pub struct BenchTransferArgs {
+    /// MiB of parameters moved each way (in 4 MiB tensors).
+    #[arg(long, default_value_t = 64)]
+    pub mib: usize,
+    /// Timed rounds (after one warm-up); medians are reported.
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: &BenchTransferArgs) -> std::result::Result<(), (bool, anyhow::Error)> {
+    if args.mib == 0 || args.mib > 4096 || args.repeats == 0 {
+        return Err((
+            true,
+            anyhow!("--mib must be 1..=4096 and --repeats at least 1"),
+        ));
+    }
+    psflow_ps::alloc::keep_freed_memory();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+        .map_err(|e| (false, e))?;
+    let r = runtime
+        .block_on(psflow_ps::bench::transfer(args.mib, args.repeats))
+        .context("transfer benchmark")
+        .map_err(|e| (false, e))?;
+    if args.json {
+        let j = json!({
+            "bytes": r.bytes,
+            "tensors": r.tensors,
+            "repeats": r.repeats,
+            "push_mbps": r.push_mbps,
+            "pull_mbps": r.pull_mbps,
+            "ps_mbps": r.ps_mbps,
+            "tcp_mbps": r.tcp_mbps,
+            "ratio": r.ratio,
+        });
+        println!("{j}");
+    } else {
+        println!(
+            "{} MiB in {} tensors, median of {} rounds (MB = 10^6 bytes)",
+            r.bytes >> 20,
+            r.tensors,
+            r.repeats
+        );
+        println!("  PS push            {:>9.0} MB/s", r.push_mbps);
+        println!("  PS pull            {:>9.0} MB/s", r.pull_mbps);
+        println!("  PS push + pull     {:>9.0} MB/s", r.ps_mbps);
+        println!("  raw TCP there+back {:>9.0} MB/s", r.tcp_mbps);
+        println!("  ratio PS / TCP     {:>9.2} (target ≥ 0.50)", r.ratio);
+    }
+    Ok(())
+}
