@@ -121,7 +121,11 @@ async fn drive(
     let job = handle.info().job_id;
     // Watch membership before anything starts: no loss goes unseen.
     let mut member_events = manager.membership().watch_members().await?;
-    tracing::info!(job, shards = ps.len(), "initializing the parameter-server shards");
+    tracing::info!(
+        job,
+        shards = ps.len(),
+        "initializing the parameter-server shards"
+    );
 
     // Initialize every shard.
     let shards: Vec<pw::ShardAddr> = ps
@@ -155,7 +159,11 @@ async fn drive(
         prepared.plan.shards.iter().map(|s| s.bytes).sum::<u64>(),
         workers.len()
     )));
-    tracing::info!(job, workers = workers.len(), "shards initialized; starting the workers");
+    tracing::info!(
+        job,
+        workers = workers.len(),
+        "shards initialized; starting the workers"
+    );
     let info = handle.update(|i| i.set_state(JobState::Running));
     manager.persist(&info).await;
 

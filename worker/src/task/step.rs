@@ -142,7 +142,11 @@ impl Task {
             fetches.push(tensor_name(&p.value, "pushed value")?);
         }
 
-        tracing::info!(job = spec.job_id, worker = spec.worker, "connected to every shard; loading the data");
+        tracing::info!(
+            job = spec.job_id,
+            worker = spec.worker,
+            "connected to every shard; loading the data"
+        );
         let data = load(&data_spec)?;
         let mut pc = PipelineConfig::train(data_spec.batch_size as usize, data_spec.seed);
         pc.augment = augment_for(
