@@ -101,7 +101,7 @@ pub fn prepare(job_id: &str, spec: &JobSpec) -> Result<Prepared> {
 
     // The shard configuration: optimizer, schedule and mode as the shards
     // will check them.
-    let mode = match spec.mode.as_ref().and_then(|m| m.kind.clone()) {
+    let mode = match spec.mode.as_ref().and_then(|m| m.kind) {
         None => pps::mode::Kind::Sync(pps::SyncMode {
             workers: spec.workers,
             backup_workers: 0,
@@ -123,8 +123,8 @@ pub fn prepare(job_id: &str, spec: &JobSpec) -> Result<Prepared> {
     let header = pps::InitHeader {
         job_id: job_id.to_string(),
         shard: 0,
-        optimizer: spec.optimizer.clone(),
-        schedule: spec.schedule.clone(),
+        optimizer: spec.optimizer,
+        schedule: spec.schedule,
         mode: Some(pps::Mode { kind: Some(mode) }),
         version: 0,
         force: false,
