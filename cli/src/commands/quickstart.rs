@@ -112,7 +112,7 @@ pub fn run(args: &QuickstartArgs) -> Result<(), (bool, anyhow::Error)> {
         return Ok(());
     }
     let extra = |k: &str| s.extra.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
-    let mut t = Table::new(&["", ""]);
+    let mut t = Table::new(&["result", "value"]);
     let pct = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.2} %", 100.0 * v));
     t.row(vec![
         "model".into(),
