@@ -20,7 +20,11 @@ const PROTOS: &[&str] = &[
     "proto/tensorflow/event.proto",
 ];
 
-const SERVICES: &[&str] = &["proto/psflow/ps.proto"];
+const SERVICES: &[&str] = &[
+    "proto/psflow/ps.proto",
+    "proto/psflow/worker.proto",
+    "proto/psflow/coordinator.proto",
+];
 
 fn config() -> prost_build::Config {
     let mut config = prost_build::Config::new();

@@ -1,6 +1,7 @@
 //! `psflow`: the one binary. Every role and client command is a subcommand.
 
 mod bench;
+mod cluster;
 mod commands;
 mod table;
 mod trainer;
@@ -56,6 +57,9 @@ enum Command {
     /// Write a run's latest checkpoint as a frozen inference GraphDef
     /// (weights as constants, batch norm folded) for `psflow run` or TensorFlow.
     Export(commands::export::ExportArgs),
+    /// A whole cluster in this process (2 workers, 2 parameter servers on
+    /// loopback gRPC) training MobileNet α=0.25 on generated data.
+    Quickstart(commands::quickstart::QuickstartArgs),
     /// Measure psflow's kernels and programs.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -132,6 +136,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Eval(args) => user_result(commands::eval::run(&args)),
         Command::Export(args) => user_result(commands::export::run(&args)),
         Command::Train(args) => user_result(commands::train::run(&args)),
+        Command::Quickstart(args) => user_result(commands::quickstart::run(&args)),
         Command::Bench(BenchCommand::Train(args)) => user_result(bench::train::run(&args)),
         Command::Bench(BenchCommand::Transfer(args)) => user_result(bench::transfer::run(&args)),
         Command::Bench(BenchCommand::Kernels {

@@ -2,6 +2,7 @@
 //! on parameter-server shards, partitioning of training graphs per task, and
 //! jobs.
 
+pub mod job;
 pub mod membership;
 pub mod partition;
 pub mod placement;

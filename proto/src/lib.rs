@@ -6,7 +6,8 @@
 //! prost from `proto/tensorflow/*.proto`. Bytes fields are `bytes::Bytes`.
 //!
 //! [`ps`] is the parameter-server protocol (`proto/psflow/ps.proto`), with
-//! its tonic client and server.
+//! its tonic client and server; [`worker`] and [`coordinator`] are the
+//! worker and coordinator services (`proto/psflow/{worker,coordinator}.proto`).
 //!
 //! Generated code is never edited; constructors and accessors live in
 //! [`ext`].
@@ -22,6 +23,20 @@ pub mod tensorflow {
 #[allow(clippy::all, missing_docs)]
 pub mod ps {
     include!(concat!(env!("OUT_DIR"), "/psflow.ps.rs"));
+}
+
+/// The worker service (package `psflow.worker`): RunTask, Evaluate,
+/// RecvTensor, Status.
+#[allow(clippy::all, missing_docs)]
+pub mod worker {
+    include!(concat!(env!("OUT_DIR"), "/psflow.worker.rs"));
+}
+
+/// The coordinator service (package `psflow.coordinator`): SubmitJob,
+/// GetJob, ListJobs, CancelJob, WatchJob.
+#[allow(clippy::all, missing_docs)]
+pub mod coordinator {
+    include!(concat!(env!("OUT_DIR"), "/psflow.coordinator.rs"));
 }
 
 pub mod codec;

@@ -1,7 +1,8 @@
-//! psflow-worker: the worker role. For now the input pipeline
-//! ([`data`]: datasets, augmentation, prefetching batches); the step loop
-//! and the worker service come next. [`run`] writes the run directory of a
-//! training job: TensorBoard events, checkpoints, summary, loss plot.
+//! psflow-worker: the worker role. [`data`]: the input pipeline (datasets,
+//! augmentation, prefetching batches); [`run`]: the run directory of a
+//! training job (TensorBoard events, checkpoints, summary, loss plot);
+//! [`task`]: the step loop of cluster jobs and the worker gRPC service.
 
 pub mod data;
 pub mod run;
+pub mod task;

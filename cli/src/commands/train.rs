@@ -108,6 +108,20 @@ pub struct TrainArgs {
     /// auto, bar, plain or quiet.
     #[arg(long, default_value = "auto", value_parser = ["auto", "bar", "plain", "quiet"])]
     pub progress: String,
+    /// Train on a cluster inside this process (loopback gRPC, in-memory
+    /// membership) with this many workers, each taking --batch-size.
+    #[arg(long)]
+    pub workers: Option<u32>,
+    /// Parameter-server shards of the in-process cluster (default 1 with
+    /// --workers).
+    #[arg(long)]
+    pub ps: Option<u32>,
+    /// Cluster: apply every push at once instead of waiting for all workers.
+    #[arg(long = "async")]
+    pub async_mode: bool,
+    /// Cluster, sync mode: apply a step once all but this many workers pushed it.
+    #[arg(long, default_value_t = 0)]
+    pub backup_workers: u32,
 }
 
 fn parse_arch(s: &str) -> Result<Architecture, String> {
@@ -140,7 +154,7 @@ impl TrainArgs {
         }
     }
 
-    fn progress_mode(&self) -> ProgressMode {
+    pub(crate) fn progress_mode(&self) -> ProgressMode {
         match self.progress.as_str() {
             "bar" => ProgressMode::Bar,
             "plain" => ProgressMode::Plain,
@@ -150,7 +164,7 @@ impl TrainArgs {
     }
 
     /// Checks the flags the parser cannot; a failure is a usage error.
-    fn check(&self) -> Result<RunConfig> {
+    pub(crate) fn check(&self) -> Result<RunConfig> {
         if self.batch_size == 0 {
             bail!("--batch-size must be at least 1");
         }
@@ -212,6 +226,9 @@ impl TrainArgs {
 pub fn run(args: &TrainArgs) -> std::result::Result<(), (bool, anyhow::Error)> {
     let usage = |e: anyhow::Error| (true, e);
     let cfg = args.check().map_err(usage)?;
+    if args.workers.is_some() || args.ps.is_some() {
+        return super::train_cluster::run(args, cfg);
+    }
     let kind = cfg.dataset_kind().map_err(usage)?;
     let splits = kind
         .load(cfg.data_dir.as_deref())

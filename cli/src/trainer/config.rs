@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use psflow_graph::train::optimizer::Optimizer;
 use psflow_graph::train::schedule::LrSchedule;
 use psflow_graph::zoo::{Architecture, ModelSpec};
@@ -56,33 +56,11 @@ impl RunConfig {
     /// standardization), resized to the model's resolution, grey images
     /// replicated to RGB.
     pub fn augment(&self, data: &Dataset) -> Result<AugmentConfig> {
-        if data.channels != 1 && data.channels != 3 {
-            bail!(
-                "{} has {} channels; the models take 1 (replicated) or 3",
-                data.name,
-                data.channels
-            );
-        }
-        let base = match self.augment.as_str() {
-            "cifar" => AugmentConfig::cifar_train(),
-            "crop-flip" => AugmentConfig {
-                brightness: None,
-                contrast: None,
-                ..AugmentConfig::cifar_train()
-            },
-            "flip" => AugmentConfig {
-                flip: true,
-                ..AugmentConfig::eval()
-            },
-            "none" => AugmentConfig::eval(),
-            "raw" => AugmentConfig::none(),
-            other => bail!("unknown augmentation {other:?} (cifar, crop-flip, flip, none or raw)"),
-        };
-        let resize = (data.height != self.resolution || data.width != self.resolution)
-            .then_some((self.resolution, self.resolution));
-        Ok(base
-            .with_resize(resize)
-            .with_grayscale_to_rgb(data.channels == 1))
+        Ok(psflow_worker::task::data::augment_for(
+            &self.augment,
+            self.resolution,
+            data,
+        )?)
     }
 
     /// The fields `--resume` requires to be unchanged, with their values.

@@ -1,0 +1,119 @@
+//! The in-process cluster through the real binary: `psflow train
+//! --workers 2 --ps 2` learns MobileNet α=0.25 on the synthetic dataset
+//! and writes the run directory of single-process training; bad cluster
+//! flags are usage errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn psflow(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_psflow"))
+        .args(args)
+        .env("PSFLOW_THREADS", "2")
+        .output()
+        .expect("psflow runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("psflow-cluster-synthetic")
+}
+
+#[test]
+fn a_two_by_two_local_cluster_learns_mobilenet_on_synthetic_data() {
+    let out = tempfile::tempdir().unwrap();
+    let run = out.path().join("run");
+    let data = data_dir();
+    let o = psflow(&[
+        "train",
+        "--model",
+        "mobilenet",
+        "--alpha",
+        "0.25",
+        "--dataset",
+        "synthetic",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--batch-size",
+        "32",
+        "--steps",
+        "400",
+        "--no-augment",
+        "--workers",
+        "2",
+        "--ps",
+        "2",
+        "--progress",
+        "plain",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "exit {:?}: {}", o.status, stderr(&o));
+    let s: Value =
+        serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+    // Chance is 0.1 on the 10 synthetic classes.
+    let top1 = s["top1"].as_f64().unwrap();
+    assert!(top1 > 0.3, "top-1 {top1}: {}", stderr(&o));
+    assert_eq!(s["steps"], 400);
+    assert_eq!(s["workers"], 2);
+    assert_eq!(s["ps"], 2);
+    assert_eq!(s["mode"], "sync");
+    assert!(s["bytes_pushed"].as_u64().unwrap() > 0);
+    assert!(s["bytes_pulled"].as_u64().unwrap() > 0);
+    assert!(s["images_per_sec"].as_f64().unwrap() > 0.0);
+    // The fields of single-process training's summary are all there.
+    for k in [
+        "model",
+        "alpha",
+        "top5",
+        "eval_loss",
+        "params",
+        "epochs",
+        "final_losses",
+    ] {
+        assert!(!s[k].is_null(), "summary has no {k}");
+    }
+    assert!(std::fs::read_dir(&run).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with("events.out.tfevents")));
+    assert!(run.join("loss.svg").exists());
+}
+
+#[test]
+fn bad_cluster_flags_are_usage_errors() {
+    let out = tempfile::tempdir().unwrap();
+    let run = out.path().join("run");
+    let base = [
+        "train",
+        "--model",
+        "mobilenet",
+        "--alpha",
+        "0.25",
+        "--dataset",
+        "synthetic",
+        "--data-dir",
+        data_dir().to_str().unwrap().to_string().leak(),
+        "--steps",
+        "2",
+        "--out",
+        run.to_str().unwrap().to_string().leak(),
+    ];
+    for extra in [
+        &["--workers", "0"][..],
+        &["--workers", "2", "--backup-workers", "2"][..],
+        &["--workers", "2", "--resume"][..],
+    ] {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        let o = psflow(&args);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", stderr(&o));
+        assert_eq!(stderr(&o).lines().count(), 1, "{extra:?}: {}", stderr(&o));
+    }
+}
