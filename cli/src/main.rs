@@ -3,6 +3,7 @@
 mod bench;
 mod cluster;
 mod commands;
+mod roles;
 mod table;
 mod trainer;
 
@@ -11,6 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use psflow_coordinator::membership::Role;
 
 #[derive(Parser)]
 #[command(
@@ -63,6 +65,21 @@ enum Command {
     /// Measure psflow's kernels and programs.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run a coordinator: accepts jobs, places and partitions them, drives
+    /// the workers (leader-elected in etcd; a second one waits as a standby).
+    Coordinator(roles::RoleArgs),
+    /// Run a parameter server: holds variable shards, applies the updates.
+    Ps(roles::RoleArgs),
+    /// Run a worker: computes forward and backward passes for jobs.
+    Worker(roles::WorkerArgs),
+    /// Submit a training job to a coordinator (the flags of `psflow train`).
+    Submit(Box<commands::jobs::SubmitArgs>),
+    /// The coordinator's jobs, or one job.
+    Status(commands::jobs::StatusArgs),
+    /// Stop a job.
+    Cancel(commands::jobs::CancelArgs),
+    /// A job's log: its steps, events and state changes.
+    Logs(commands::jobs::LogsArgs),
 }
 
 #[derive(Subcommand)]
@@ -137,6 +154,13 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Export(args) => user_result(commands::export::run(&args)),
         Command::Train(args) => user_result(commands::train::run(&args)),
         Command::Quickstart(args) => user_result(commands::quickstart::run(&args)),
+        Command::Coordinator(args) => role(Role::Coordinator, &args, None),
+        Command::Ps(args) => role(Role::Ps, &args, None),
+        Command::Worker(args) => role(Role::Worker, &args.role, Some(&args.device)),
+        Command::Submit(args) => user_result(commands::jobs::run_submit(&args)),
+        Command::Status(args) => user_result(commands::jobs::run_status(&args)),
+        Command::Cancel(args) => user_result(commands::jobs::run_cancel(&args)),
+        Command::Logs(args) => user_result(commands::jobs::run_logs(&args)),
         Command::Bench(BenchCommand::Train(args)) => user_result(bench::train::run(&args)),
         Command::Bench(BenchCommand::Transfer(args)) => user_result(bench::transfer::run(&args)),
         Command::Bench(BenchCommand::Kernels {
@@ -145,6 +169,17 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             filter,
             json,
         }) => bench_kernels(batch, repeats, filter, json),
+    }
+}
+
+/// Runs a long-running role; exit 0 after SIGTERM, 1 when it cannot serve.
+fn role(role: Role, args: &roles::RoleArgs, device: Option<&str>) -> Result<ExitCode> {
+    match roles::run(role, args, device) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            Ok(ExitCode::from(1))
+        }
     }
 }
 

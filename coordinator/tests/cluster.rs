@@ -145,7 +145,10 @@ fn spec_of(net: &Net, workers: u32, ps: u32, batch: u32, steps: u64) -> pb::JobS
 async fn wait(cluster: &Cluster, id: &str) -> pb::JobInfo {
     let mut client = cluster.client().await;
     let mut s = client
-        .watch_job(pb::WatchJobRequest { job_id: id.into() })
+        .watch_job(pb::WatchJobRequest {
+            job_id: id.into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -347,7 +350,10 @@ async fn a_worker_lost_mid_job_in_sync_mode_does_not_stop_it() {
     // Wait until a few steps ran, then worker 1 dies (its tasks stop, its
     // server goes away, its lease expires).
     let mut s = client
-        .watch_job(pb::WatchJobRequest { job_id: id.clone() })
+        .watch_job(pb::WatchJobRequest {
+            job_id: id.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

@@ -32,17 +32,24 @@ pub struct ClusterRun<'a> {
     pub optimizer_name: String,
     pub data_threads: usize,
     pub eval: bool,
+    /// The cluster runs in this process (its tasks share these kernel threads).
+    pub local: bool,
 }
 
 /// What the job ended with.
 pub struct Outcome {
-    pub summary: TrainSummary,
+    /// The job's final state.
+    pub info: pb::JobInfo,
+    /// Its summary, when it succeeded.
+    pub summary: Option<TrainSummary>,
 }
 
 /// Most bytes of one message to or from the coordinator.
 const MAX_MESSAGE: usize = 64 << 20;
 
-pub async fn connect(addr: &str) -> Result<CoordinatorClient<tonic::transport::Channel>> {
+pub type Client = CoordinatorClient<tonic::transport::Channel>;
+
+pub async fn connect(addr: &str) -> Result<Client> {
     let uri = if addr.contains("://") {
         addr.to_string()
     } else {
@@ -61,8 +68,8 @@ pub async fn connect(addr: &str) -> Result<CoordinatorClient<tonic::transport::C
         .max_encoding_message_size(MAX_MESSAGE))
 }
 
-/// Runs `run` on a fresh in-process cluster (see the module docs).
-pub fn train(run: &ClusterRun<'_>) -> Result<Outcome> {
+/// The job spec of `run` and the model's title for plots.
+pub fn build_spec(run: &ClusterRun<'_>) -> Result<(pb::JobSpec, String)> {
     let trainer = Trainer::build(run.cfg)?;
     let mut spec = job_spec(
         run.cfg,
@@ -76,35 +83,65 @@ pub fn train(run: &ClusterRun<'_>) -> Result<Outcome> {
     if !run.eval {
         spec.inference_graph = None;
     }
+    Ok((
+        spec,
+        format!("{} on {}", trainer.model.name, run.cfg.dataset),
+    ))
+}
+
+/// Runs `run` on a fresh in-process cluster (see the module docs); an
+/// error unless the job succeeded.
+pub fn train(run: &ClusterRun<'_>) -> Result<Outcome> {
+    let (spec, title) = build_spec(run)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(async {
+    let outcome = rt.block_on(async {
         let cluster = LocalCluster::start(run.shape.workers as usize, run.shape.ps as usize)
             .await
             .context("starting the local cluster")?;
-        let r = follow(run, &cluster.coordinator.addr, spec, &trainer).await;
+        let r = async {
+            let mut client = connect(&cluster.coordinator.addr).await?;
+            let id = submit(&mut client, spec).await?;
+            follow(run, &mut client, &id, &title).await
+        }
+        .await;
         cluster.stop().await;
         r
-    })
+    })?;
+    if outcome.summary.is_none() {
+        let i = &outcome.info;
+        bail!("job {} {}: {}", i.job_id, state_word(i.state()), i.error);
+    }
+    Ok(outcome)
 }
 
-async fn follow(
-    run: &ClusterRun<'_>,
-    coordinator: &str,
-    spec: pb::JobSpec,
-    trainer: &Trainer,
-) -> Result<Outcome> {
-    let mut client = connect(coordinator).await?;
-    let id = client
+/// Submits `spec`; returns the job id.
+pub async fn submit(client: &mut Client, spec: pb::JobSpec) -> Result<String> {
+    Ok(client
         .submit_job(pb::SubmitJobRequest { spec: Some(spec) })
         .await
         .map_err(|s| anyhow!("the coordinator refused the job: {}", status_line(&s)))?
         .into_inner()
-        .job_id;
+        .job_id)
+}
+
+/// Follows job `id` to its end with a progress bar, writing `run.out`
+/// (TensorBoard events, loss plot, summary.json) when set. `title` names
+/// the plot.
+pub async fn follow(
+    run: &ClusterRun<'_>,
+    client: &mut Client,
+    id: &str,
+    title: &str,
+) -> Result<Outcome> {
+    let id = id.to_string();
     let mut stream = client
-        .watch_job(pb::WatchJobRequest { job_id: id.clone() })
+        .watch_job(pb::WatchJobRequest {
+            job_id: id.clone(),
+            ..Default::default()
+        })
         .await
         .map_err(|s| anyhow!("watching {id}: {}", status_line(&s)))?
         .into_inner();
@@ -183,12 +220,21 @@ async fn follow(
         }
     };
     if info.state() != JobState::Succeeded {
-        progress.finish(&format!("job {id} ended {:?}", info.state()));
-        bail!("job {id} {}: {}", state_word(info.state()), info.error);
+        progress.finish(&format!(
+            "job {id} {}: {}",
+            state_word(info.state()),
+            info.error
+        ));
+        return Ok(Outcome {
+            info,
+            summary: None,
+        });
     }
     let mut summary: TrainSummary = serde_json::from_str(&info.summary_json)
         .with_context(|| format!("job {id}: reading its summary"))?;
-    summary.threads = psflow_kernels::threads::current() as u32;
+    if run.local {
+        summary.threads = psflow_kernels::threads::current() as u32;
+    }
     progress.finish(&format!(
         "trained to step {} in {:.1} s ({:.1} images/s) on {} worker(s) and {} PS shard(s)",
         run.total, summary.wall_seconds, summary.images_per_sec, run.shape.workers, run.shape.ps
@@ -211,7 +257,7 @@ async fn follow(
     }
     if let Some(d) = &run_dir {
         if !loss_points.is_empty() {
-            LossPlot::new(format!("{} on {}", trainer.model.name, run.cfg.dataset))
+            LossPlot::new(title)
                 .with_series("total loss", loss_points)
                 .with_series("cross-entropy", xent_points)
                 .write(&d.loss_plot())?;
@@ -219,11 +265,15 @@ async fn follow(
         summary.write(&d.summary())?;
     }
     let _ = last;
-    Ok(Outcome { summary })
+    Ok(Outcome {
+        info,
+        summary: Some(summary),
+    })
 }
 
-fn state_word(s: JobState) -> &'static str {
+pub fn state_word(s: JobState) -> &'static str {
     match s {
+        JobState::Succeeded => "succeeded",
         JobState::Failed => "failed",
         JobState::Cancelled => "was cancelled",
         JobState::Interrupted => "was interrupted",

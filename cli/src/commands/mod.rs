@@ -4,6 +4,7 @@ pub mod eval;
 pub mod export;
 pub mod graph;
 pub mod graph_partition;
+pub mod jobs;
 pub mod quickstart;
 pub mod run;
 pub mod train;

@@ -101,9 +101,13 @@ pub fn run(args: &QuickstartArgs) -> Result<(), (bool, anyhow::Error)> {
         optimizer_name: "rmsprop".into(),
         data_threads: 1,
         eval: true,
+        local: true,
     };
     let outcome = train(&run).map_err(|e| (false, e))?;
-    let s = &outcome.summary;
+    let s = outcome
+        .summary
+        .as_ref()
+        .expect("train() fails unless the job succeeded");
     if args.json {
         println!(
             "{}",

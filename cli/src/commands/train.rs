@@ -26,8 +26,10 @@ use serde_json::json;
 
 use crate::trainer::{load_latest, RunConfig, Trainer};
 
-#[derive(Args, Debug)]
-pub struct TrainArgs {
+/// What to train and how: the model, data and optimizer flags shared by
+/// `psflow train` and `psflow submit`.
+#[derive(Args, Debug, Clone)]
+pub struct JobArgs {
     /// mobilenet, mobilenet-standard, resnet18 or resnet50.
     #[arg(long, value_parser = parse_arch)]
     pub model: Architecture,
@@ -51,9 +53,6 @@ pub struct TrainArgs {
     /// Train for this many epochs (steps = epochs × examples / batch).
     #[arg(long)]
     pub epochs: Option<f64>,
-    /// The run directory.
-    #[arg(long)]
-    pub out: PathBuf,
     /// rmsprop (TF-slim: decay 0.9, momentum 0.9, epsilon 1), momentum
     /// (0.9), sgd or adam.
     #[arg(long, default_value = "rmsprop", value_parser = ["rmsprop", "momentum", "sgd", "adam"])]
@@ -84,6 +83,18 @@ pub struct TrainArgs {
     /// The same as --augment none.
     #[arg(long, conflicts_with = "augment")]
     pub no_augment: bool,
+    /// Threads preparing batches (0: on the training thread).
+    #[arg(long, default_value_t = 1)]
+    pub data_threads: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// The run directory.
+    #[arg(long)]
+    pub out: PathBuf,
     /// Write a checkpoint every N steps (0: only at the end).
     #[arg(long, default_value_t = 1000)]
     pub checkpoint_every: u64,
@@ -96,9 +107,6 @@ pub struct TrainArgs {
     /// TensorBoard scalars every N steps.
     #[arg(long, default_value_t = 20)]
     pub log_every: u64,
-    /// Threads preparing batches (0: on the training thread).
-    #[arg(long, default_value_t = 1)]
-    pub data_threads: usize,
     /// Batch size of the final evaluation.
     #[arg(long, default_value_t = 250)]
     pub eval_batch_size: usize,
@@ -128,7 +136,7 @@ fn parse_arch(s: &str) -> Result<Architecture, String> {
     s.parse()
 }
 
-impl TrainArgs {
+impl JobArgs {
     fn optimizer(&self) -> Optimizer {
         match self.optimizer.as_str() {
             "momentum" => Optimizer::Momentum(MomentumConfig::default()),
@@ -154,15 +162,6 @@ impl TrainArgs {
         }
     }
 
-    pub(crate) fn progress_mode(&self) -> ProgressMode {
-        match self.progress.as_str() {
-            "bar" => ProgressMode::Bar,
-            "plain" => ProgressMode::Plain,
-            "quiet" => ProgressMode::Quiet,
-            _ => ProgressMode::Auto,
-        }
-    }
-
     /// Checks the flags the parser cannot; a failure is a usage error.
     pub(crate) fn check(&self) -> Result<RunConfig> {
         if self.batch_size == 0 {
@@ -175,9 +174,6 @@ impl TrainArgs {
         }
         if self.steps == Some(0) {
             bail!("--steps must be at least 1");
-        }
-        if self.eval_batch_size == 0 {
-            bail!("--eval-batch-size must be at least 1");
         }
         let kind: DatasetKind = self.dataset.parse()?;
         let optimizer = self.optimizer();
@@ -220,12 +216,26 @@ impl TrainArgs {
     }
 }
 
+impl TrainArgs {
+    pub(crate) fn progress_mode(&self) -> ProgressMode {
+        match self.progress.as_str() {
+            "bar" => ProgressMode::Bar,
+            "plain" => ProgressMode::Plain,
+            "quiet" => ProgressMode::Quiet,
+            _ => ProgressMode::Auto,
+        }
+    }
+}
+
 /// Runs `psflow train`. Usage errors (bad flags, missing data, a run
 /// directory that does not match) come back as `Err` before training
 /// starts, with `usage = true`.
 pub fn run(args: &TrainArgs) -> std::result::Result<(), (bool, anyhow::Error)> {
     let usage = |e: anyhow::Error| (true, e);
-    let cfg = args.check().map_err(usage)?;
+    let cfg = args.job.check().map_err(usage)?;
+    if args.eval_batch_size == 0 {
+        return Err(usage(anyhow!("--eval-batch-size must be at least 1")));
+    }
     if args.workers.is_some() || args.ps.is_some() {
         return super::train_cluster::run(args, cfg);
     }
@@ -244,7 +254,7 @@ pub fn run(args: &TrainArgs) -> std::result::Result<(), (bool, anyhow::Error)> {
             train.len()
         )));
     }
-    let total = match (args.steps, args.epochs) {
+    let total = match (args.job.steps, args.job.epochs) {
         (Some(s), _) => s,
         (None, Some(e)) => ((e * steps_per_epoch as f64).round() as u64).max(1),
         (None, None) => unreachable!("clap requires one"),
@@ -314,7 +324,7 @@ fn train_loop(
     let schedule = cfg.schedule.build(steps_per_epoch as f64, total)?;
     let mut pc = PipelineConfig::train(cfg.batch_size, cfg.seed);
     pc.augment = cfg.augment(&train)?;
-    pc.threads = args.data_threads;
+    pc.threads = args.job.data_threads;
     pc.start_step = start;
     let mut pipeline = Pipeline::new(train.clone(), pc)?;
     let mut events = EventWriter::create(run_dir.events())?;
@@ -456,7 +466,7 @@ fn train_loop(
         epochs: total as f64 / steps_per_epoch as f64,
         wall_seconds: wall,
         batch_size: cfg.batch_size as u32,
-        optimizer: args.optimizer.clone(),
+        optimizer: args.job.optimizer.clone(),
         optimizer_config: json!({
             "optimizer": cfg.optimizer,
             "schedule": cfg.schedule,

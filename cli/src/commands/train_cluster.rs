@@ -49,7 +49,7 @@ pub fn run(args: &TrainArgs, cfg: RunConfig) -> Result<(), (bool, anyhow::Error)
             cfg.batch_size
         )));
     }
-    let total = match (args.steps, args.epochs) {
+    let total = match (args.job.steps, args.job.epochs) {
         (Some(s), _) => s,
         (None, Some(e)) => ((e * steps_per_epoch as f64).round() as u64).max(1),
         (None, None) => unreachable!("clap requires one"),
@@ -70,9 +70,10 @@ pub fn run(args: &TrainArgs, cfg: RunConfig) -> Result<(), (bool, anyhow::Error)
         out: Some(args.out.clone()),
         progress: args.progress_mode(),
         log_every: args.log_every,
-        optimizer_name: args.optimizer.clone(),
-        data_threads: args.data_threads,
+        optimizer_name: args.job.optimizer.clone(),
+        data_threads: args.job.data_threads,
         eval: !args.no_eval,
+        local: true,
     };
     train(&run).map(|_| ()).map_err(|e| (false, e))
 }

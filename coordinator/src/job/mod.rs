@@ -13,7 +13,7 @@ mod record;
 mod run;
 pub mod service;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -29,14 +29,39 @@ pub use service::{serve, CoordinatorService};
 /// Events kept for slow watchers before they see `lagged`.
 const EVENT_BUFFER: usize = 1024;
 
+/// Events of one job kept for `psflow logs` (the oldest are dropped past
+/// this; a replay then starts with a line saying how many).
+pub const HISTORY_LIMIT: usize = 50_000;
+
+/// What a job has said so far: its kept events, oldest first.
+#[derive(Default)]
+struct History {
+    events: VecDeque<pb::JobEvent>,
+    dropped: u64,
+}
+
 /// One job of this coordinator.
 pub(crate) struct JobHandle {
     info: Mutex<pb::JobInfo>,
+    /// Kept events. Its lock is held while an event is sent, so a watcher
+    /// that subscribes under it sees every event once: in the replay or live.
+    history: Mutex<History>,
     events: broadcast::Sender<pb::JobEvent>,
     cancel: watch::Sender<bool>,
 }
 
 impl JobHandle {
+    fn new(info: pb::JobInfo) -> JobHandle {
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (cancel, _) = watch::channel(false);
+        JobHandle {
+            info: Mutex::new(info),
+            history: Mutex::new(History::default()),
+            events,
+            cancel,
+        }
+    }
+
     pub(crate) fn info(&self) -> pb::JobInfo {
         self.info.lock().expect("job info lock").clone()
     }
@@ -48,14 +73,41 @@ impl JobHandle {
             f(&mut i);
             i.clone()
         };
-        let _ = self.events.send(pb::JobEvent {
-            kind: Some(pb::job_event::Kind::Info(info.clone())),
-        });
+        self.emit(pb::job_event::Kind::Info(info.clone()));
         info
     }
 
     pub(crate) fn emit(&self, kind: pb::job_event::Kind) {
-        let _ = self.events.send(pb::JobEvent { kind: Some(kind) });
+        let ev = pb::JobEvent {
+            kind: Some(kind),
+            time: now(),
+        };
+        let mut h = self.history.lock().expect("job history lock");
+        if h.events.len() == HISTORY_LIMIT {
+            h.events.pop_front();
+            h.dropped += 1;
+        }
+        h.events.push_back(ev.clone());
+        let _ = self.events.send(ev);
+    }
+
+    /// The kept events (with a first line saying how many were dropped, if
+    /// any) and a receiver of every later one.
+    fn subscribe(&self) -> (Vec<pb::JobEvent>, broadcast::Receiver<pb::JobEvent>) {
+        let h = self.history.lock().expect("job history lock");
+        let rx = self.events.subscribe();
+        let mut v = Vec::with_capacity(h.events.len() + 1);
+        if h.dropped > 0 {
+            v.push(pb::JobEvent {
+                kind: Some(pb::job_event::Kind::Message(format!(
+                    "({} earlier events were not kept)",
+                    h.dropped
+                ))),
+                time: h.events.front().map(|e| e.time).unwrap_or_else(now),
+            });
+        }
+        v.extend(h.events.iter().cloned());
+        (v, rx)
     }
 }
 
@@ -72,6 +124,13 @@ pub(crate) fn now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
+}
+
+/// A job's state, its log so far and its live events ([`JobManager::watch`]).
+pub struct Watch {
+    pub info: pb::JobInfo,
+    pub history: Vec<pb::JobEvent>,
+    pub live: broadcast::Receiver<pb::JobEvent>,
 }
 
 /// The jobs of one coordinator.
@@ -103,16 +162,7 @@ impl JobManager {
                 let rec = JobRecord::from_info(&info);
                 membership.put(&key, rec.to_json()).await?;
             }
-            let (events, _) = broadcast::channel(EVENT_BUFFER);
-            let (cancel, _) = watch::channel(false);
-            jobs.insert(
-                info.job_id.clone(),
-                Arc::new(JobHandle {
-                    info: Mutex::new(info),
-                    events,
-                    cancel,
-                }),
-            );
+            jobs.insert(info.job_id.clone(), Arc::new(JobHandle::new(info)));
         }
         Ok(Arc::new(JobManager {
             membership,
@@ -167,13 +217,11 @@ impl JobManager {
             submitted_at: now(),
             finished_at: 0.0,
         };
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
-        let (cancel, _) = watch::channel(false);
-        let handle = Arc::new(JobHandle {
-            info: Mutex::new(info.clone()),
-            events,
-            cancel,
-        });
+        let handle = Arc::new(JobHandle::new(info.clone()));
+        handle.emit(pb::job_event::Kind::Message(format!(
+            "job {id} submitted: {} worker(s), {} PS shard(s), {} steps",
+            spec.workers, spec.ps, spec.steps
+        )));
         self.persist(&info).await;
         self.jobs
             .lock()
@@ -222,12 +270,45 @@ impl JobManager {
         Ok(state)
     }
 
-    /// The job's info now and its later events.
-    pub fn watch(&self, id: &str) -> Result<(pb::JobInfo, broadcast::Receiver<pb::JobEvent>)> {
+    /// The job's info now, the events it kept (its log so far) and a
+    /// receiver of its later events.
+    pub fn watch(&self, id: &str) -> Result<Watch> {
         let h = self.handle(id)?;
         // Subscribe first: no event between the snapshot and the stream is lost.
-        let rx = h.events.subscribe();
-        Ok((h.info(), rx))
+        let (history, rx) = h.subscribe();
+        Ok(Watch {
+            info: h.info(),
+            history,
+            live: rx,
+        })
+    }
+
+    /// Marks every job that has not ended as interrupted (this coordinator
+    /// is stopping) and stores their records; their workers see the task
+    /// streams close and stop.
+    pub async fn shutdown(&self) {
+        let handles: Vec<Arc<JobHandle>> = self
+            .jobs
+            .lock()
+            .expect("jobs lock")
+            .values()
+            .cloned()
+            .collect();
+        for h in handles {
+            if is_final(h.info().state()) {
+                continue;
+            }
+            let info = h.update(|i| {
+                i.set_state(JobState::Interrupted);
+                i.error = "the coordinator running it was stopped".into();
+                i.finished_at = now();
+            });
+            self.persist(&info).await;
+            tracing::info!(
+                job = info.job_id,
+                "job interrupted: the coordinator is stopping"
+            );
+        }
     }
 
     /// Writes the job's record to the store (failures are logged: the job

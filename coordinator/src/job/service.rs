@@ -13,7 +13,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
-use super::{is_final, JobError, JobManager};
+use super::{is_final, JobError, JobManager, Watch};
 
 /// Most bytes of one encoded SubmitJob (the graphs ride in it).
 pub const MAX_SUBMIT_BYTES: usize = 64 << 20;
@@ -88,74 +88,43 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        let (info, mut rx) = self.jobs.watch(&request.into_inner().job_id)?;
-        let stream = async_stream_events(info, move || {
-            let fut = async move {
-                let r = rx.recv().await;
-                (r, rx)
-            };
-            Box::pin(fut)
-        });
-        Ok(Response::new(stream))
+        let req = request.into_inner();
+        let w = self.jobs.watch(&req.job_id)?;
+        Ok(Response::new(event_stream(w, req.history, !req.no_follow)))
     }
 }
 
-type NextEvent = Pin<
-    Box<
-        dyn Future<
-                Output = (
-                    Result<pb::JobEvent, RecvError>,
-                    tokio::sync::broadcast::Receiver<pb::JobEvent>,
-                ),
-            > + Send,
-    >,
->;
-
-/// The job's info, then its events until one carries a final state.
-fn async_stream_events(
-    info: pb::JobInfo,
-    first: impl FnOnce() -> NextEvent + Send + 'static,
-) -> EventStream {
-    let ended = is_final(info.state());
-    let head = futures::stream::once(async move {
-        Ok(pb::JobEvent {
-            kind: Some(pb::job_event::Kind::Info(info)),
-        })
+/// The job's kept events (with `history`), its info now, then (with
+/// `follow`, unless it has ended) its live events until one carries a final
+/// state.
+fn event_stream(w: Watch, history: bool, follow: bool) -> EventStream {
+    let ended = is_final(w.info.state());
+    let mut head: Vec<pb::JobEvent> = if history { w.history } else { vec![] };
+    head.push(pb::JobEvent {
+        kind: Some(pb::job_event::Kind::Info(w.info)),
+        time: super::now(),
     });
-    if ended {
+    let head = futures::stream::iter(head.into_iter().map(Ok));
+    if ended || !follow {
         return Box::pin(head);
     }
-    let tail = futures::stream::unfold(Some(first()), |next| async move {
-        let next = next?;
-        let (r, mut rx) = next.await;
-        match r {
+    let tail = futures::stream::unfold(Some(w.live), |rx| async move {
+        let mut rx = rx?;
+        match rx.recv().await {
             Ok(ev) => {
                 let last =
                     matches!(&ev.kind, Some(pb::job_event::Kind::Info(i)) if is_final(i.state()));
-                let cont: Option<NextEvent> = if last {
-                    None
-                } else {
-                    Some(Box::pin(async move {
-                        let r = rx.recv().await;
-                        (r, rx)
-                    }))
-                };
-                Some((Ok(ev), cont))
+                Some((Ok(ev), (!last).then_some(rx)))
             }
-            Err(RecvError::Lagged(n)) => {
-                let ev = pb::JobEvent {
+            Err(RecvError::Lagged(n)) => Some((
+                Ok(pb::JobEvent {
                     kind: Some(pb::job_event::Kind::Message(format!(
                         "this watcher fell behind and missed {n} events"
                     ))),
-                };
-                Some((
-                    Ok(ev),
-                    Some(Box::pin(async move {
-                        let r = rx.recv().await;
-                        (r, rx)
-                    }) as NextEvent),
-                ))
-            }
+                    time: super::now(),
+                }),
+                Some(rx),
+            )),
             Err(RecvError::Closed) => None,
         }
     });
