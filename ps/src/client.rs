@@ -142,6 +142,27 @@ impl PsClient {
         min_version: u64,
         deadline: Duration,
     ) -> Result<Pulled> {
+        let mut tensors = Vec::with_capacity(names.len());
+        let version = self
+            .pull_each(names, min_version, deadline, |name, value| {
+                tensors.push((name, value));
+                Ok(())
+            })
+            .await?;
+        Ok(Pulled { version, tensors })
+    }
+
+    /// [`PsClient::pull`], handing each tensor to `each` as soon as its
+    /// last chunk arrives (in the order asked for), so that a step can
+    /// start on the first layers while later ones are still on the wire.
+    /// Returns the version. An error from `each` ends the pull with it.
+    pub async fn pull_each(
+        &mut self,
+        names: &[String],
+        min_version: u64,
+        deadline: Duration,
+        mut each: impl FnMut(String, Tensor) -> Result<()>,
+    ) -> Result<u64> {
         let req = pb::PullRequest {
             job_id: self.job.clone(),
             names: names.to_vec(),
@@ -151,21 +172,19 @@ impl PsClient {
         let rpc = |status| Error::Rpc { op: "Pull", status };
         let mut stream = self.inner.pull(req).await.map_err(rpc)?.into_inner();
         let mut assembler = Assembler::new(self.limits);
-        let mut tensors = Vec::new();
         let mut version = None;
         while let Some(m) = stream.message().await.map_err(rpc)? {
             version.get_or_insert(m.version);
             for c in m.chunks {
                 if let Some(r) = assembler.add(c)? {
-                    tensors.push((r.name, r.value));
+                    each(r.name, r.value)?;
                 }
             }
         }
         assembler.finish()?;
-        let version = version.ok_or_else(|| {
+        version.ok_or_else(|| {
             Error::Invalid("the parameter server ended Pull without a message".into())
-        })?;
-        Ok(Pulled { version, tensors })
+        })
     }
 
     /// Pushes worker `worker`'s gradients and assigned values computed on
@@ -191,6 +210,54 @@ impl PsClient {
         let r = self
             .inner
             .push(tokio_stream::iter(requests))
+            .await
+            .map_err(|status| Error::Rpc { op: "Push", status })?
+            .into_inner();
+        Ok(PushReply {
+            outcome: PushOutcome::try_from(r.outcome).unwrap_or(PushOutcome::Accepted),
+            version: r.version,
+            message: r.message,
+        })
+    }
+
+    /// [`PsClient::push`] of tensors that are still being computed: each
+    /// is sent as soon as `tensors` yields it, in one Push call that the
+    /// shard applies when the stream ends. The stream must end only when
+    /// the push is complete; to abandon it, drop the returned future (the
+    /// call is reset and the shard discards what it received).
+    pub async fn push_stream(
+        &mut self,
+        worker: u32,
+        base_version: u64,
+        partial: bool,
+        tensors: impl futures::Stream<Item = (String, TensorRole, Tensor)> + Send + 'static,
+    ) -> Result<PushReply> {
+        use futures::StreamExt;
+        let header = pb::PushRequest {
+            header: Some(pb::PushHeader {
+                job_id: self.job.clone(),
+                worker,
+                base_version,
+                partial,
+            }),
+            chunks: vec![],
+        };
+        let body = tensors.flat_map(|(name, role, t)| {
+            let messages = pack(std::iter::once((name.as_str(), role, &t)));
+            futures::stream::iter(
+                messages
+                    .into_iter()
+                    .map(|chunks| pb::PushRequest {
+                        header: None,
+                        chunks,
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        });
+        let requests = futures::stream::once(async { header }).chain(body);
+        let r = self
+            .inner
+            .push(requests)
             .await
             .map_err(|status| Error::Rpc { op: "Push", status })?
             .into_inner();

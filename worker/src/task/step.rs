@@ -1,23 +1,33 @@
-//! The step loop of one worker task: pull → forward/backward → push.
+//! The step loop of one worker task: pull → forward/backward → push,
+//! overlapped.
 //!
-//! Each step, concurrently: the next batch of this worker's data shard is
-//! taken from the pipeline (prepared ahead on its own threads), and every
-//! parameter-server shard is pulled (at least version `step` in sync mode).
-//! The pulled values are fed to the worker graph's `_Recv` outputs, the
-//! graph runs forward and backward, and the tensors the `_Send`s would send
-//! (gradients, batch-norm moving statistics) are fetched and pushed, one
-//! push per shard, all shards at once.
+//! Each step, at once: the next batch of this worker's data shard is taken
+//! from the pipeline (prepared ahead on its own threads); every
+//! parameter-server shard is pulled (at least version `step` in sync mode)
+//! as a stream whose tensors are handed, one by one as they arrive, to the
+//! worker graph's `_Recv`s through the step's rendezvous — so the first
+//! layers compute while later variables are still on the wire; and one
+//! push per shard is opened whose tensors are the graph's `_Send`s
+//! (gradients, batch-norm moving statistics), each sent as soon as the
+//! backward pass produces it. The shard applies the push when its last
+//! tensor arrives. A failed step aborts the rendezvous and drops the open
+//! calls (a push cut short is reset, never applied).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::future::try_join_all;
-use psflow_graph::{Graph, Registry, ResourceStore, Session, TensorName};
+use psflow_graph::executor::RecvDone;
+use psflow_graph::registry::transfer_key;
+use psflow_graph::{
+    Graph, LocalRendezvous, Registry, Rendezvous, RendezvousKey, ResourceStore, Session, TensorName,
+};
 use psflow_kernels::Tensor;
 use psflow_proto::ps::{PushOutcome, TensorRole};
 use psflow_proto::worker::{SyncMode, TaskProgress, TaskSpec};
 use psflow_ps::PsClient;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 use super::data::{augment_for, load};
 use super::metrics::count_correct;
@@ -34,19 +44,105 @@ pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(300);
 struct ShardWork {
     index: u32,
     client: PsClient,
-    /// Stored names pulled, and the tensor each is fed to.
-    pulls: Vec<(String, TensorName)>,
-    /// Stored name, role, index into the run's fetches.
-    pushes: Vec<(String, TensorRole, usize)>,
+    /// Stored names pulled, and the rendezvous key of the `_Recv` each goes to.
+    pulls: Vec<(String, RendezvousKey)>,
+    /// Stored names pushed and their roles (a `_Send` of the graph each).
+    pushes: Vec<(String, TensorRole)>,
+}
+
+/// The tensors of one step in flight.
+struct StepState {
+    /// Pulled values waiting for their `_Recv`s.
+    local: LocalRendezvous,
+    /// Per shard: where its pushed tensors go (index into its pushes).
+    sinks: Vec<mpsc::UnboundedSender<(usize, Tensor)>>,
+}
+
+/// The worker session's rendezvous: `_Send`s of pushed tensors go to the
+/// open push of their shard, every other key meets its peer in the step's
+/// local rendezvous. Lives as long as the session; the state is per step.
+struct StepRendezvous {
+    /// `_Send` key → (shard, index into the shard's pushes).
+    pushes: HashMap<RendezvousKey, (usize, usize)>,
+    current: Mutex<Option<Arc<StepState>>>,
+}
+
+impl StepRendezvous {
+    fn state(&self, key: &RendezvousKey) -> psflow_graph::Result<Arc<StepState>> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| psflow_graph::Error::Rendezvous {
+                key: key.to_string(),
+                detail: "no step of this worker task is running".into(),
+            })
+    }
+
+    fn begin(&self, state: Arc<StepState>) {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(state);
+    }
+
+    fn end(&self) {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+impl Rendezvous for StepRendezvous {
+    fn send(&self, key: &RendezvousKey, value: Tensor) -> psflow_graph::Result<()> {
+        let state = self.state(key)?;
+        match self.pushes.get(key) {
+            Some(&(shard, i)) => {
+                state.sinks[shard]
+                    .send((i, value))
+                    .map_err(|_| psflow_graph::Error::Rendezvous {
+                        key: key.to_string(),
+                        detail: format!("the push to shard {shard} was abandoned"),
+                    })
+            }
+            None => state.local.send(key, value),
+        }
+    }
+
+    fn recv_async(&self, key: &RendezvousKey, done: RecvDone) -> u64 {
+        match self.state(key) {
+            Ok(state) => state.local.recv_async(key, done),
+            Err(e) => {
+                done(Err(e));
+                0
+            }
+        }
+    }
+
+    fn cancel(&self, key: &RendezvousKey, ticket: u64) -> bool {
+        match self.state(key) {
+            Ok(state) => state.local.cancel(key, ticket),
+            Err(_) => false,
+        }
+    }
+}
+
+/// Aborts the step's calls still running when dropped (a failed step).
+struct Calls(Vec<JoinHandle<()>>);
+
+impl Drop for Calls {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
 }
 
 /// A task ready to run its steps.
 pub struct Task {
     spec: TaskSpec,
     session: Arc<Session>,
+    rendezvous: Arc<StepRendezvous>,
     pipeline: Arc<Mutex<Pipeline>>,
     shards: Vec<ShardWork>,
     fetches: Vec<TensorName>,
+    /// The `_Send` nodes: what each step runs besides the fetches.
+    targets: Vec<String>,
     input: TensorName,
     labels: TensorName,
     pull_timeout: Duration,
@@ -84,11 +180,15 @@ impl Task {
             .clone()
             .ok_or_else(|| TaskError::Invalid("the task spec has no data spec".into()))?;
         let graph = Graph::from_graph_def(def)?;
-        let session =
-            Session::with_resources(graph, &Registry::standard(), Arc::new(ResourceStore::new()))?;
+        let key_of = |node: &str, what: &str| -> Result<RendezvousKey> {
+            let n = graph.node(node).ok_or_else(|| {
+                TaskError::Invalid(format!("the worker graph has no {what} node {node:?}"))
+            })?;
+            Ok(transfer_key(n)?)
+        };
         let input = tensor_name(&spec.input, "input")?;
         let labels = tensor_name(&spec.labels, "labels")?;
-        let mut fetches = vec![
+        let fetches = vec![
             tensor_name(&spec.total_loss, "total loss")?,
             tensor_name(&spec.cross_entropy_loss, "cross-entropy loss")?,
             tensor_name(&spec.regularization_loss, "regularization loss")?,
@@ -128,19 +228,29 @@ impl Task {
         };
         for p in &spec.pulls {
             let s = shard_of(p.shard, "pulled variable", &p.stored)?;
-            shards[s]
-                .pulls
-                .push((p.stored.clone(), TensorName::new(p.recv_node.clone(), 0)));
+            let key = key_of(&p.recv_node, "_Recv")?;
+            shards[s].pulls.push((p.stored.clone(), key));
         }
+        let mut push_keys = HashMap::new();
+        let mut targets = Vec::with_capacity(spec.pushes.len());
         for p in &spec.pushes {
             let s = shard_of(p.shard, "pushed tensor", &p.stored)?;
             let role = TensorRole::try_from(p.role)
                 .map_err(|_| TaskError::Invalid(format!("push {:?}: unknown role", p.stored)))?;
-            shards[s]
-                .pushes
-                .push((p.stored.clone(), role, fetches.len()));
-            fetches.push(tensor_name(&p.value, "pushed value")?);
+            let key = key_of(&p.send_node, "_Send")?;
+            if push_keys.insert(key, (s, shards[s].pushes.len())).is_some() {
+                return Err(TaskError::Invalid(format!(
+                    "two pushes share the rendezvous key of {:?}",
+                    p.send_node
+                )));
+            }
+            shards[s].pushes.push((p.stored.clone(), role));
+            targets.push(p.send_node.clone());
         }
+        let rendezvous = Arc::new(StepRendezvous {
+            pushes: push_keys,
+            current: Mutex::new(None),
+        });
 
         tracing::info!(
             job = spec.job_id,
@@ -162,12 +272,20 @@ impl Task {
             0 => DEFAULT_PULL_TIMEOUT,
             ms => Duration::from_millis(ms),
         };
+        // A `_Recv` waits as long as a pull may (the rendezvous is aborted
+        // at once when a pull fails).
+        let session =
+            Session::with_resources(graph, &Registry::standard(), Arc::new(ResourceStore::new()))?
+                .with_rendezvous(rendezvous.clone())
+                .with_recv_timeout(pull_timeout);
         Ok(Task {
             spec,
             session: Arc::new(session),
+            rendezvous,
             pipeline: Arc::new(Mutex::new(pipeline)),
             shards,
             fetches,
+            targets,
             input,
             labels,
             pull_timeout,
@@ -177,140 +295,17 @@ impl Task {
     /// Runs every step, sending one [`TaskProgress`] per step and a last
     /// one with `done`. Stops with [`TaskError::Cancelled`] when `progress`
     /// is closed (nobody follows the task any more).
-    pub async fn run(mut self, progress: mpsc::Sender<TaskProgress>) -> Result<()> {
-        let (mut pulled_bytes, mut pushed_bytes) = (0u64, 0u64);
-        let sync = self.spec.mode() == SyncMode::Sync;
+    pub async fn run(self, progress: mpsc::Sender<TaskProgress>) -> Result<()> {
+        let mut bytes = (0u64, 0u64);
         for step in self.spec.start_step..self.spec.end_step {
-            let began = Instant::now();
-            // The batch and the variables, at once.
-            let pipeline = self.pipeline.clone();
-            let batch = tokio::task::spawn_blocking(move || {
-                pipeline
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .next_batch()
-            });
-            let min_version = if sync { step } else { 0 };
-            let timeout = self.pull_timeout;
-            let pulls = try_join_all(self.shards.iter().map(|s| {
-                let mut client = s.client.clone();
-                let names: Vec<String> = s.pulls.iter().map(|(n, _)| n.clone()).collect();
-                let (index, addr) = (s.index, client.addr().to_string());
-                async move {
-                    client
-                        .pull(&names, min_version, timeout)
-                        .await
-                        .map_err(|source| TaskError::Shard {
-                            shard: index,
-                            addr,
-                            source,
-                        })
-                }
-            }));
-            let (batch, pulled) = tokio::join!(batch, pulls);
-            let pulled = pulled?;
-            let batch = batch
-                .map_err(|e| TaskError::Internal(format!("the input pipeline panicked: {e}")))??
-                .ok_or_else(|| {
-                    TaskError::Internal(format!("the input pipeline ended at step {step}"))
-                })?;
-
-            let mut feeds = Vec::with_capacity(self.spec.pulls.len() + 2);
-            let examples = batch.len();
-            let label_values: Vec<i32> = batch.labels.values::<i32>("labels")?.to_vec();
-            feeds.push((self.input.clone(), batch.images));
-            feeds.push((self.labels.clone(), batch.labels));
-            let mut versions = Vec::with_capacity(pulled.len());
-            for (s, p) in self.shards.iter().zip(pulled) {
-                if p.tensors.len() != s.pulls.len() {
-                    return Err(TaskError::Internal(format!(
-                        "shard {} sent {} tensors for {} asked",
-                        s.index,
-                        p.tensors.len(),
-                        s.pulls.len()
-                    )));
-                }
-                versions.push(p.version);
-                for ((_, t), (_, feed)) in p.tensors.into_iter().zip(&s.pulls) {
-                    pulled_bytes += t.nbytes() as u64;
-                    feeds.push((feed.clone(), t));
-                }
-            }
-
-            let session = self.session.clone();
-            let fetches = self.fetches.clone();
-            let targets = self.spec.targets.clone();
-            let out = tokio::task::spawn_blocking(move || session.run(&feeds, &fetches, &targets))
-                .await
-                .map_err(|e| TaskError::Internal(format!("the step panicked: {e}")))??;
-
-            let scalar = |t: &Tensor| -> Result<f64> { Ok(t.scalar_value::<f32>("loss")? as f64) };
-            let (total, xent, reg) = (scalar(&out[0])?, scalar(&out[1])?, scalar(&out[2])?);
-            if !total.is_finite() {
-                return Err(TaskError::Diverged {
-                    step: step + 1,
-                    loss: total,
-                });
-            }
-            let (correct, _) = count_correct(&out[3], &label_values)?;
-
-            let worker = self.spec.worker;
-            let out = Arc::new(out);
-            let replies = try_join_all(self.shards.iter_mut().zip(&versions).map(|(s, &v)| {
-                let base = if sync { step } else { v };
-                let out = out.clone();
-                let (index, addr) = (s.index, s.client.addr().to_string());
-                let pushes = s.pushes.clone();
-                let mut client = s.client.clone();
-                async move {
-                    let tensors = pushes
-                        .iter()
-                        .map(|(name, role, at)| (name.as_str(), *role, &out[*at]));
-                    client
-                        .push(worker, base, false, tensors)
-                        .await
-                        .map_err(|source| TaskError::Shard {
-                            shard: index,
-                            addr,
-                            source,
-                        })
-                }
-            }))
-            .await?;
-            for s in &self.shards {
-                for (_, _, at) in &s.pushes {
-                    pushed_bytes += out[*at].nbytes() as u64;
-                }
-            }
-            let event = replies
-                .iter()
-                .zip(&self.shards)
-                .filter(|(r, _)| {
-                    matches!(
-                        r.outcome,
-                        PushOutcome::DroppedLate | PushOutcome::DroppedStale
-                    )
-                })
-                .map(|(r, s)| format!("shard {}: {}", s.index, r.message))
-                .collect::<Vec<_>>()
-                .join("; ");
-            let report = TaskProgress {
-                step: step + 1,
-                total_loss: total,
-                cross_entropy_loss: xent,
-                regularization_loss: reg,
-                examples: examples as u32,
-                correct: correct as u32,
-                seconds: began.elapsed().as_secs_f64(),
-                bytes_pulled: pulled_bytes,
-                bytes_pushed: pushed_bytes,
-                done: false,
-                event,
-            };
+            let r = self.step(step, &mut bytes).await;
+            self.rendezvous.end();
+            let report = r?;
             if progress.send(report).await.is_err() {
                 return Err(TaskError::Cancelled);
             }
         }
+        let (pulled_bytes, pushed_bytes) = bytes;
         let last = TaskProgress {
             step: self.spec.end_step,
             bytes_pulled: pulled_bytes,
@@ -319,5 +314,240 @@ impl Task {
             ..Default::default()
         };
         progress.send(last).await.map_err(|_| TaskError::Cancelled)
+    }
+
+    /// One step (see the module docs); adds the bytes pulled and pushed.
+    async fn step(&self, step: u64, bytes: &mut (u64, u64)) -> Result<TaskProgress> {
+        let began = Instant::now();
+        let sync = self.spec.mode() == SyncMode::Sync;
+        let pipeline = self.pipeline.clone();
+        let batch = tokio::task::spawn_blocking(move || {
+            pipeline
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .next_batch()
+        });
+
+        let mut sinks = Vec::with_capacity(self.shards.len());
+        let mut sources = Vec::with_capacity(self.shards.len());
+        for _ in &self.shards {
+            let (tx, rx) = mpsc::unbounded_channel();
+            sinks.push(tx);
+            sources.push(rx);
+        }
+        let state = Arc::new(StepState {
+            local: LocalRendezvous::new(),
+            sinks,
+        });
+        self.rendezvous.begin(state.clone());
+
+        // Pulls and pushes run as their own tasks: the graph consumes and
+        // produces their tensors while it runs.
+        let min_version = if sync { step } else { 0 };
+        let mut calls = Calls(Vec::new());
+        let mut pulled = Vec::with_capacity(self.shards.len());
+        let mut pushed = Vec::with_capacity(self.shards.len());
+        for (s, source) in self.shards.iter().zip(sources) {
+            let (version_tx, version_rx) = oneshot::channel::<u64>();
+            let (pull_done, pull_rx) = oneshot::channel();
+            let mut client = s.client.clone();
+            let pulls = s.pulls.clone();
+            let (index, addr) = (s.index, client.addr().to_string());
+            let (state2, timeout) = (state.clone(), self.pull_timeout);
+            calls.0.push(tokio::spawn(async move {
+                let names: Vec<String> = pulls.iter().map(|(n, _)| n.clone()).collect();
+                let mut next = 0usize;
+                let mut nbytes = 0u64;
+                let mut version_tx = Some(version_tx);
+                let r = client
+                    .pull_each(&names, min_version, timeout, |name, value| {
+                        let Some((want, key)) = pulls.get(next) else {
+                            return Err(psflow_ps::Error::Invalid(format!(
+                                "sent {name:?} after the {} tensors asked for",
+                                pulls.len()
+                            )));
+                        };
+                        if *want != name {
+                            return Err(psflow_ps::Error::Invalid(format!(
+                                "sent {name:?} where {want:?} was expected"
+                            )));
+                        }
+                        next += 1;
+                        nbytes += value.nbytes() as u64;
+                        state2
+                            .local
+                            .send(key, value)
+                            .map_err(|e| psflow_ps::Error::Invalid(e.to_string()))
+                    })
+                    .await
+                    .and_then(|version| {
+                        if next == pulls.len() {
+                            Ok(version)
+                        } else {
+                            Err(psflow_ps::Error::Invalid(format!(
+                                "sent {next} tensors for {} asked",
+                                pulls.len()
+                            )))
+                        }
+                    });
+                let r = r.map(|version| {
+                    if let Some(tx) = version_tx.take() {
+                        let _ = tx.send(version);
+                    }
+                    (version, nbytes)
+                });
+                if let Err(e) = &r {
+                    // Fail the step's `_Recv`s now, not at their timeout.
+                    state2
+                        .local
+                        .abort(format!("pulling shard {index} ({addr}): {e}"));
+                }
+                let _ = pull_done.send(r.map_err(|source| TaskError::Shard {
+                    shard: index,
+                    addr,
+                    source,
+                }));
+            }));
+            pulled.push(pull_rx);
+
+            let (push_done, push_rx) = oneshot::channel();
+            let mut client = s.client.clone();
+            let pushes = s.pushes.clone();
+            let worker = self.spec.worker;
+            let (index, addr) = (s.index, client.addr().to_string());
+            calls.0.push(tokio::spawn(async move {
+                // Async mode pushes against the version pulled.
+                let base = if sync {
+                    step
+                } else {
+                    match version_rx.await {
+                        Ok(v) => v,
+                        // The pull failed; the step fails with its error.
+                        Err(_) => return,
+                    }
+                };
+                let n = pushes.len();
+                let nbytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                let counted = nbytes.clone();
+                let tensors = futures::stream::unfold((source, 0usize), move |(mut rx, k)| {
+                    let pushes = pushes.clone();
+                    let counted = counted.clone();
+                    async move {
+                        if k == n {
+                            return None;
+                        }
+                        match rx.recv().await {
+                            Some((i, t)) => {
+                                counted.fetch_add(
+                                    t.nbytes() as u64,
+                                    std::sync::atomic::Ordering::Relaxed,
+                                );
+                                let (name, role) = pushes[i].clone();
+                                Some(((name, role, t), (rx, k + 1)))
+                            }
+                            // The graph stopped before sending everything:
+                            // never end the push cleanly (it would apply a
+                            // partial step); the step's failure drops it.
+                            None => futures::future::pending().await,
+                        }
+                    }
+                });
+                let r = client
+                    .push_stream(worker, base, false, tensors)
+                    .await
+                    .map(|reply| (reply, nbytes.load(std::sync::atomic::Ordering::Relaxed)))
+                    .map_err(|source| TaskError::Shard {
+                        shard: index,
+                        addr,
+                        source,
+                    });
+                let _ = push_done.send(r);
+            }));
+            pushed.push(push_rx);
+        }
+
+        let batch = batch
+            .await
+            .map_err(|e| TaskError::Internal(format!("the input pipeline panicked: {e}")))??
+            .ok_or_else(|| {
+                TaskError::Internal(format!("the input pipeline ended at step {step}"))
+            })?;
+        let examples = batch.len();
+        let label_values: Vec<i32> = batch.labels.values::<i32>("labels")?.to_vec();
+        let feeds = vec![
+            (self.input.clone(), batch.images),
+            (self.labels.clone(), batch.labels),
+        ];
+        let session = self.session.clone();
+        let fetches = self.fetches.clone();
+        let targets = self.targets.clone();
+        let run = tokio::task::spawn_blocking(move || session.run(&feeds, &fetches, &targets))
+            .await
+            .map_err(|e| TaskError::Internal(format!("the step panicked: {e}")))?;
+        if let Err(e) = run {
+            // A pull's failure explains a failed run better than the
+            // `_Recv` it aborted.
+            for mut rx in pulled {
+                if let Ok(Err(pull)) = rx.try_recv() {
+                    return Err(pull);
+                }
+            }
+            return Err(e.into());
+        }
+        let mut versions = Vec::with_capacity(pulled.len());
+        for rx in pulled {
+            let (v, n) = rx
+                .await
+                .map_err(|_| TaskError::Internal("a pull of this step vanished".into()))??;
+            versions.push(v);
+            bytes.0 += n;
+        }
+        let out = run?;
+
+        let scalar = |t: &Tensor| -> Result<f64> { Ok(t.scalar_value::<f32>("loss")? as f64) };
+        let (total, xent, reg) = (scalar(&out[0])?, scalar(&out[1])?, scalar(&out[2])?);
+        if !total.is_finite() {
+            return Err(TaskError::Diverged {
+                step: step + 1,
+                loss: total,
+            });
+        }
+        let (correct, _) = count_correct(&out[3], &label_values)?;
+
+        let mut replies = Vec::with_capacity(pushed.len());
+        for rx in pushed {
+            let (reply, n) = rx
+                .await
+                .map_err(|_| TaskError::Internal("a push of this step vanished".into()))??;
+            replies.push(reply);
+            bytes.1 += n;
+        }
+        drop(calls);
+        let event = replies
+            .iter()
+            .zip(&self.shards)
+            .filter(|(r, _)| {
+                matches!(
+                    r.outcome,
+                    PushOutcome::DroppedLate | PushOutcome::DroppedStale
+                )
+            })
+            .map(|(r, s)| format!("shard {}: {}", s.index, r.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let _ = versions;
+        Ok(TaskProgress {
+            step: step + 1,
+            total_loss: total,
+            cross_entropy_loss: xent,
+            regularization_loss: reg,
+            examples: examples as u32,
+            correct: correct as u32,
+            seconds: began.elapsed().as_secs_f64(),
+            bytes_pulled: bytes.0,
+            bytes_pushed: bytes.1,
+            done: false,
+            event,
+        })
     }
 }
