@@ -34,16 +34,25 @@ whole cluster's rate. The last step's loss is read back and must be
 finite.
 
 Threads (the machine's cores, `--cores`, default: those this process may
-use, are shared by every process): each worker's intra- and inter-op pools
-get max(1, cores // W) threads, each PS task's max(1, cores // P), the
-chief's 1; `--worker-threads` and `--ps-threads` override.
+use, are shared by every process): each worker's intra-op pool gets
+max(1, cores // W) threads, each PS task's max(1, cores // P), the chief's
+1 (`--worker-threads` and `--ps-threads` override); every inter-op pool
+gets max(2, intra) (with one inter-op thread per task, 2 workers + 2 PS
+hung for good in its first steps). The compute of a step runs
+in the worker's intra-op pool (oneDNN included), so on 2 cores 1+1 gives
+the worker both cores and 2+2 one each, as psflow's in-process cluster
+shares its kernel threads (one per core) between its workers.
+
+A run that has no result after `--deadline` seconds reports the hang as
+its error; the server processes die with the chief (PR_SET_PDEATHSIG).
 
 Output (one line of JSON on stdout; the servers' logs go to stderr on
 failure):
 
     {"tensorflow", "keras", "workers", "ps", "alpha", "resolution",
      "classes", "batch_per_worker", "mode": "async", "cores",
-     "threads": {"worker", "ps", "chief"}, "startup_s", "first_step_s",
+     "threads": {"worker", "ps", "chief"}, "variables_on": {device: count},
+     "startup_s", "first_step_s",
      "warmup", "steps", "closures", "seconds", "images_per_sec",
      "final_loss"}
   | {..., "error": "one line: what failed"}   (exit status 3)
@@ -56,6 +65,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -70,20 +80,36 @@ def cores():
         return os.cpu_count() or 1
 
 
-def set_threads(tf, n):
-    tf.config.threading.set_intra_op_parallelism_threads(n)
-    tf.config.threading.set_inter_op_parallelism_threads(n)
+def inter_threads(intra):
+    """Inter-op threads for a task with `intra` intra-op threads: never
+    below 2 (a task with one inter-op thread can block for good on a remote
+    receive or an iterator inside a function)."""
+    return max(2, intra)
+
+
+def set_threads(tf, intra):
+    tf.config.threading.set_intra_op_parallelism_threads(intra)
+    tf.config.threading.set_inter_op_parallelism_threads(inter_threads(intra))
 
 
 def serve(args):
     """One PS or worker task: a tf.distribute.Server, joined forever."""
+    try:  # Linux: end with the chief, however the chief ends
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != args.parent:
+            return
+    except (OSError, AttributeError):
+        pass
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import tensorflow as tf
 
     set_threads(tf, args.threads)
     config = tf.compat.v1.ConfigProto(
         intra_op_parallelism_threads=args.threads,
-        inter_op_parallelism_threads=args.threads,
+        inter_op_parallelism_threads=inter_threads(args.threads),
     )
     cluster = tf.train.ClusterSpec(json.loads(args.cluster))
     server = tf.distribute.Server(cluster, job_name=args.serve, task_index=args.index,
@@ -164,9 +190,11 @@ def run_chief(args, out):
                 with open(log, "w") as fh:
                     p = subprocess.Popen(
                         [sys.executable, os.path.abspath(__file__), "--serve", job, "--index", str(i),
-                         "--cluster", json.dumps(cluster), "--threads", str(threads)],
+                         "--cluster", json.dumps(cluster), "--threads", str(threads),
+                         "--parent", str(os.getpid())],
                         stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT)
                 procs.append((p, f"{job}:{i}", log))
+                CHILDREN.append(p)
 
         os.environ["OMP_NUM_THREADS"] = "1"
         import tensorflow as tf
@@ -192,6 +220,11 @@ def run_chief(args, out):
             params = model.trainable_variables
             opt.build(params)
         decay = [v for v in params if decayed(v)]
+        placed = {}
+        for v in model.variables + list(opt.variables):
+            dev = getattr(getattr(v, "value", v), "device", "") or "?"
+            placed[dev] = placed.get(dev, 0) + 1
+        out["variables_on"] = placed
         xent = keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, reduction="sum_over_batch_size")
 
@@ -269,6 +302,22 @@ def run_chief(args, out):
             pass
 
 
+REPORT = threading.Lock()
+CHILDREN = []
+
+
+def hung(out, deadline):
+    """The watchdog: the run took longer than --deadline (a hang)."""
+    REPORT.acquire()  # never released: the main thread must not print too
+    for p in CHILDREN:
+        if p.poll() is None:
+            p.kill()
+    bad = {k: v for k, v in out.items() if k not in ("images_per_sec", "seconds")}
+    bad["error"] = f"no result after {deadline:.0f} s (--deadline): the cluster hung"
+    print(json.dumps(bad), flush=True)
+    os._exit(3)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=1)
@@ -287,11 +336,14 @@ def main():
                     help="intra/inter-op threads per PS task (0: max(1, cores // P))")
     ap.add_argument("--timeout", type=float, default=120,
                     help="seconds to wait for the servers to listen")
+    ap.add_argument("--deadline", type=float, default=900,
+                    help="seconds for the whole run; past it the run is reported as hung")
     # Internal: run one server task.
     ap.add_argument("--serve", choices=["ps", "worker"], help=argparse.SUPPRESS)
     ap.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--cluster", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--parent", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
         serve(args)
@@ -302,8 +354,12 @@ def main():
     out = {"workers": args.workers, "ps": args.ps, "alpha": args.alpha,
            "resolution": args.resolution, "classes": args.classes,
            "batch_per_worker": args.batch_size, "mode": "async", "cores": args.cores}
+    watchdog = threading.Timer(args.deadline, hung, args=(out, args.deadline))
+    watchdog.daemon = True
+    watchdog.start()
     run_chief(args, out)
-    print(json.dumps(out), flush=True)
+    with REPORT:
+        print(json.dumps(out), flush=True)
     # The coordinator's threads can keep the interpreter alive: leave now.
     os._exit(3 if "error" in out else 0)
 

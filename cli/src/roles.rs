@@ -107,9 +107,10 @@ fn host_name() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// What a role serves once it is bound and registered.
+/// What a role serves once it is bound.
+#[derive(Clone)]
 enum Service {
-    Coordinator(Arc<JobManager>),
+    Coordinator(CoordinatorService),
     Ps,
     Worker(WorkerService),
 }
@@ -184,44 +185,23 @@ async fn serve_role(
             })?,
     );
 
-    // A coordinator serves only while it leads.
-    let mut leadership = None;
     let service = match role {
-        Role::Coordinator => {
-            if let Some(leader) = membership.leader(LEADER_ELECTION).await? {
-                tracing::info!("{leader} leads the cluster: waiting as a standby");
-            }
-            let campaign = membership.campaign(LEADER_ELECTION, &advertise, ttl);
-            let l = tokio::select! {
-                l = campaign => l.context("campaigning for leadership in etcd")?,
-                s = stop_signal() => {
-                    tracing::info!("stopping ({s}) before becoming the leader");
-                    return Ok(());
-                }
-            };
-            tracing::info!("leading the cluster");
-            leadership = Some(l);
-            let jobs = JobManager::new(membership.clone())
-                .await
-                .context("loading the job records from etcd")?;
-            Service::Coordinator(jobs)
-        }
+        // Served at once as a standby (UNAVAILABLE naming the leader,
+        // health NOT_SERVING) until it wins the election below.
+        Role::Coordinator => Service::Coordinator(CoordinatorService::standby(
+            &membership
+                .leader(LEADER_ELECTION)
+                .await?
+                .unwrap_or_default(),
+        )),
         Role::Ps => Service::Ps,
         Role::Worker => Service::Worker(WorkerService::new()),
     };
-
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let shutdown = async move {
         let _ = stop_rx.await;
     };
-    let server = {
-        let service = match &service {
-            Service::Coordinator(j) => Service::Coordinator(j.clone()),
-            Service::Ps => Service::Ps,
-            Service::Worker(w) => Service::Worker(w.clone()),
-        };
-        tokio::spawn(serve(service, listener, shutdown))
-    };
+    let server = tokio::spawn(serve(service.clone(), listener, shutdown));
 
     let mut info = MemberInfo::new(role, &id, &advertise)
         .with_meta("version", env!("CARGO_PKG_VERSION"))
@@ -238,6 +218,38 @@ async fn serve_role(
         "registered as {role} {id} (lease {:.0} s)",
         ttl.as_secs_f64()
     );
+
+    // A coordinator leads before it serves jobs.
+    let mut leadership = None;
+    if let Service::Coordinator(coordinator) = &service {
+        if let Some(leader) = membership.leader(LEADER_ELECTION).await? {
+            tracing::info!("{leader} leads the cluster: waiting as a standby");
+        }
+        let campaign = membership.campaign(LEADER_ELECTION, &advertise, ttl);
+        let won = tokio::select! {
+            l = campaign => Some(l.context("campaigning for leadership in etcd")?),
+            s = stop_signal() => {
+                tracing::info!("stopping ({s}) before becoming the leader");
+                None
+            }
+        };
+        match won {
+            Some(l) => {
+                let jobs = JobManager::new(membership.clone())
+                    .await
+                    .context("loading the job records from etcd")?;
+                coordinator.lead(jobs);
+                tracing::info!("leading the cluster");
+                leadership = Some(l);
+            }
+            None => {
+                let _ = registration.close().await;
+                let _ = stop_tx.send(());
+                let _ = tokio::time::timeout(DRAIN, server).await;
+                return Ok(());
+            }
+        }
+    }
 
     let lost_leadership = async {
         match &leadership {
@@ -259,7 +271,10 @@ async fn serve_role(
              exiting so that a standby takes over"
         )),
     };
-    if let Service::Coordinator(jobs) = &service {
+    if let Some(jobs) = match &service {
+        Service::Coordinator(c) => c.jobs(),
+        _ => None,
+    } {
         jobs.shutdown().await;
     }
     if let Err(e) = registration.close().await {
@@ -291,9 +306,7 @@ async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     match service {
-        Service::Coordinator(jobs) => {
-            job::serve(listener, CoordinatorService::new(jobs), shutdown).await
-        }
+        Service::Coordinator(c) => job::serve(listener, c, shutdown).await,
         Service::Ps => psflow_ps::serve(listener, shutdown).await,
         Service::Worker(w) => psflow_worker::task::serve(listener, w, shutdown).await,
     }

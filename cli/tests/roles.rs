@@ -333,6 +333,16 @@ fn roles_register_serve_health_refuse_bad_jobs_and_stop_on_sigterm() {
     // record survives in etcd.
     let mut standby = Proc::start("coordinator", &ep, cluster, &["--name", "c2"]);
     standby.wait_for("waiting as a standby", Duration::from_secs(10));
+    // A standby answers at once, naming the leader, and is not ready.
+    let o = client(&standby.addr, &["status"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("standby") && err.contains(&coord.addr),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(health(&standby.addr), "NotServing");
     coord.signal("-TERM");
     assert!(
         coord.wait_exit(Duration::from_secs(15)).success(),
@@ -340,6 +350,7 @@ fn roles_register_serve_health_refuse_bad_jobs_and_stop_on_sigterm() {
         coord.log_text()
     );
     standby.wait_for("leading the cluster", Duration::from_secs(20));
+    assert_eq!(health(&standby.addr), "Serving");
     let o = client(&standby.addr, &["status", &id, "--json"]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(json_of(&o)["state"], "succeeded");

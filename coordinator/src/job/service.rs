@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use futures::{Stream, StreamExt};
 use psflow_proto::coordinator as pb;
@@ -18,18 +18,60 @@ use super::{is_final, JobError, JobManager, Watch};
 /// Most bytes of one encoded SubmitJob (the graphs ride in it).
 pub const MAX_SUBMIT_BYTES: usize = 64 << 20;
 
+/// The coordinator's gRPC face. A standby coordinator (one waiting for
+/// the leadership) serves it too, answering every call `UNAVAILABLE` with
+/// the leader's address, and reports NOT_SERVING on health until
+/// [`CoordinatorService::lead`] hands it the jobs.
 #[derive(Clone)]
 pub struct CoordinatorService {
-    jobs: Arc<JobManager>,
+    jobs: Arc<OnceLock<Arc<JobManager>>>,
+    /// Who leads while this one waits, for the `UNAVAILABLE` message.
+    leader: Arc<Mutex<String>>,
+    /// Becomes true when it leads (health follows it).
+    leading: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl CoordinatorService {
     pub fn new(jobs: Arc<JobManager>) -> CoordinatorService {
-        CoordinatorService { jobs }
+        let s = CoordinatorService::standby("");
+        s.lead(jobs);
+        s
     }
 
-    pub fn jobs(&self) -> &Arc<JobManager> {
-        &self.jobs
+    /// A service that answers `UNAVAILABLE` (naming `leader`, if known)
+    /// until [`CoordinatorService::lead`].
+    pub fn standby(leader: &str) -> CoordinatorService {
+        CoordinatorService {
+            jobs: Arc::new(OnceLock::new()),
+            leader: Arc::new(Mutex::new(leader.to_string())),
+            leading: Arc::new(tokio::sync::watch::channel(false).0),
+        }
+    }
+
+    /// This coordinator now leads: serve `jobs`.
+    pub fn lead(&self, jobs: Arc<JobManager>) {
+        let _ = self.jobs.set(jobs);
+        self.leading.send_replace(true);
+    }
+
+    /// Whether it leads (serves jobs).
+    pub fn is_leading(&self) -> bool {
+        self.jobs.get().is_some()
+    }
+
+    pub fn jobs(&self) -> Option<&Arc<JobManager>> {
+        self.jobs.get()
+    }
+
+    fn manager(&self) -> Result<&Arc<JobManager>, Status> {
+        self.jobs.get().ok_or_else(|| {
+            let leader = self.leader.lock().expect("leader lock").clone();
+            Status::unavailable(if leader.is_empty() {
+                "this coordinator is a standby waiting for the leadership; use the leader".into()
+            } else {
+                format!("this coordinator is a standby; the leader is at {leader}")
+            })
+        })
     }
 
     pub fn into_server(self) -> CoordinatorServer<CoordinatorService> {
@@ -52,7 +94,7 @@ impl Coordinator for CoordinatorService {
         let spec = request.into_inner().spec.ok_or_else(|| {
             Status::from(JobError::InvalidSpec("the request has no job spec".into()))
         })?;
-        let job_id = self.jobs.submit(spec).await.inspect_err(|e| {
+        let job_id = self.manager()?.submit(spec).await.inspect_err(|e| {
             tracing::info!(error = %e, "job refused");
         })?;
         Ok(Response::new(pb::SubmitJobResponse { job_id }))
@@ -62,7 +104,9 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::JobInfo>, Status> {
-        Ok(Response::new(self.jobs.get(&request.into_inner().job_id)?))
+        Ok(Response::new(
+            self.manager()?.get(&request.into_inner().job_id)?,
+        ))
     }
 
     async fn list_jobs(
@@ -70,7 +114,7 @@ impl Coordinator for CoordinatorService {
         _request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         Ok(Response::new(pb::ListJobsResponse {
-            jobs: self.jobs.list(),
+            jobs: self.manager()?.list(),
         }))
     }
 
@@ -78,7 +122,7 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
-        let state = self.jobs.cancel(&request.into_inner().job_id)?;
+        let state = self.manager()?.cancel(&request.into_inner().job_id)?;
         Ok(Response::new(pb::CancelJobResponse {
             state: state as i32,
         }))
@@ -89,7 +133,7 @@ impl Coordinator for CoordinatorService {
         request: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         let req = request.into_inner();
-        let w = self.jobs.watch(&req.job_id)?;
+        let w = self.manager()?.watch(&req.job_id)?;
         Ok(Response::new(event_stream(w, req.history, !req.no_follow)))
     }
 }
@@ -139,9 +183,31 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_serving::<CoordinatorServer<CoordinatorService>>()
-        .await;
+    if service.is_leading() {
+        reporter
+            .set_serving::<CoordinatorServer<CoordinatorService>>()
+            .await;
+    } else {
+        // NOT_SERVING (overall and for the service) until it leads.
+        reporter
+            .set_not_serving::<CoordinatorServer<CoordinatorService>>()
+            .await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        let mut leading = service.leading.subscribe();
+        tokio::spawn(async move {
+            if leading.wait_for(|l| *l).await.is_err() {
+                return;
+            }
+            reporter
+                .set_serving::<CoordinatorServer<CoordinatorService>>()
+                .await;
+            reporter
+                .set_service_status("", tonic_health::ServingStatus::Serving)
+                .await;
+        });
+    }
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "coordinator listening");
     }
