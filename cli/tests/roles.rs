@@ -500,3 +500,58 @@ fn separate_processes_train_fashion_mnist_to_84_percent_in_2_epochs() {
         assert!(run.join(f).is_file(), "{f} missing");
     }
 }
+
+#[test]
+fn a_frozen_worker_is_dropped_when_its_lease_expires() {
+    let etcd = EtcdServer::start().unwrap();
+    let ep = etcd.endpoint();
+    let cluster = "freeze";
+    let lease = ["--lease-ttl", "2"];
+    let mut coord = Proc::start("coordinator", &ep, cluster, &lease);
+    coord.wait_for("leading the cluster", Duration::from_secs(20));
+    let _ps = Proc::start("ps", &ep, cluster, &lease);
+    let _w0 = Proc::start("worker", &ep, cluster, &lease);
+    let w1 = Proc::start("worker", &ep, cluster, &lease);
+    let data = synthetic_dir();
+    let o = client(
+        &coord.addr,
+        &[
+            "submit",
+            "--model",
+            "mobilenet",
+            "--alpha",
+            "0.25",
+            "--resolution",
+            "16",
+            "--dataset",
+            "synthetic",
+            "--data-dir",
+            &data,
+            "--steps",
+            "400",
+            "--batch-size",
+            "16",
+            "--workers",
+            "2",
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let id = json_of(&o)["job_id"].as_str().unwrap().to_string();
+    poll(&coord.addr, &id, Duration::from_secs(120), |j| {
+        j["step"].as_u64().unwrap_or(0) >= 20
+    });
+    // SIGSTOP: its connections stay open and it says nothing; only the
+    // lease running out tells the cluster (a hung machine, a partition).
+    w1.signal("-STOP");
+    let j = poll(&coord.addr, &id, Duration::from_secs(300), |j| {
+        j["finished_at"].is_number()
+    });
+    assert_eq!(j["state"], "succeeded", "{j}\n{}", coord.log_text());
+    assert_eq!(j["workers_alive"], 1, "{j}");
+    assert_eq!(j["summary"]["steps"], 400, "{j}");
+    let o = client(&coord.addr, &["logs", &id]);
+    let log = String::from_utf8_lossy(&o.stdout);
+    assert!(log.contains("membership lease ended"), "{log}");
+    // Dropping `w1` kills it (SIGKILL works on a stopped process).
+}
