@@ -24,6 +24,15 @@ pub enum Error {
     /// Something TensorFlow supports that psflow does not (yet).
     #[error("{op}: unsupported: {detail}")]
     Unsupported { op: &'static str, detail: String },
+
+    /// A device that was asked for is not there (no CUDA driver, no device,
+    /// or not that device).
+    #[error("device {device} is not available: {reason}")]
+    DeviceUnavailable { device: String, reason: String },
+
+    /// A CUDA call failed (driver, NVRTC): what was being done and why.
+    #[error("{op}: CUDA error: {detail}")]
+    Cuda { op: &'static str, detail: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -5,6 +5,7 @@
 //! Every op is a plain function over [`Tensor`]s that returns a `Result`;
 //! none panics on bad input.
 
+pub mod cuda;
 mod dtype;
 mod error;
 pub mod ops;

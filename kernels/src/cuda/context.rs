@@ -1,0 +1,213 @@
+//! A CUDA device: its context, one stream, the modules loaded into it, and
+//! tensors in its memory.
+//!
+//! Modules are loaded on first use of a source and kept in a table indexed
+//! by [`Source`] (the PTX itself is shared by every device of the same
+//! architecture, see [`nvrtc::compile_cached`]).
+//!
+//! Not built yet (issue 5): a memory pool (every op allocates its outputs
+//! and scratch from the driver), pinned host buffers and copy/compute
+//! overlap; this increment is the kernels and their host-side launchers.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError};
+use cudarc::nvrtc::Ptx;
+
+use super::library::{self, Library};
+use super::nvrtc::{self, Arch, Source};
+use crate::{Error, Result, Tensor};
+
+/// Threads per block of the element-wise (grid-stride) kernels.
+pub(crate) const ELEMENTWISE_BLOCK: u32 = 256;
+
+/// A CUDA device ready to run psflow's kernels.
+pub struct CudaDevice {
+    ordinal: usize,
+    name: String,
+    arch: Arch,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    modules: Mutex<[Option<Arc<CudaModule>>; Source::ALL.len()]>,
+}
+
+impl std::fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaDevice")
+            .field("ordinal", &self.ordinal)
+            .field("name", &self.name)
+            .field("arch", &self.arch)
+            .finish()
+    }
+}
+
+/// An f32 tensor in device memory (row-major, as [`Tensor`]).
+#[derive(Debug)]
+pub struct DeviceTensor {
+    shape: Vec<usize>,
+    pub(crate) buf: CudaSlice<f32>,
+}
+
+impl DeviceTensor {
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Elements of the tensor (an empty tensor is backed by a 1-float buffer:
+    /// the driver allocates nothing smaller).
+    pub fn len(&self) -> usize {
+        crate::num_elements(&self.shape)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+pub(crate) fn driver_err(op: &'static str) -> impl Fn(DriverError) -> Error {
+    move |e| Error::Cuda {
+        op,
+        detail: e.to_string(),
+    }
+}
+
+impl CudaDevice {
+    /// Opens CUDA device `ordinal` (its primary context) with a new stream.
+    /// An error, never a panic, when the driver or the device is missing or
+    /// the device is older than compute capability 8.0 (the kernels use
+    /// TF32 tensor cores).
+    pub fn new(ordinal: usize) -> Result<Arc<CudaDevice>> {
+        let device = format!("cuda:{ordinal}");
+        library::available(Library::Driver).map_err(|why| Error::DeviceUnavailable {
+            device: device.clone(),
+            reason: format!("no CUDA driver ({why})"),
+        })?;
+        let ctx = catch_unwind(AssertUnwindSafe(|| CudaContext::new(ordinal)))
+            .map_err(|_| Error::DeviceUnavailable {
+                device: device.clone(),
+                reason: "the CUDA driver panicked inside cudarc while opening the device".into(),
+            })?
+            .map_err(|e| Error::DeviceUnavailable {
+                device: device.clone(),
+                reason: format!("opening the device failed: {e}"),
+            })?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(driver_err("cuDeviceGetAttribute"))?;
+        let arch = Arch {
+            major: major as u32,
+            minor: minor as u32,
+        };
+        if arch < Arch::SM_80 {
+            return Err(Error::DeviceUnavailable {
+                device,
+                reason: format!(
+                    "compute capability {major}.{minor}: psflow's CUDA kernels need 8.0 or newer \
+                     (TF32 tensor cores); use --device cpu"
+                ),
+            });
+        }
+        let name = ctx.name().map_err(driver_err("cuDeviceGetName"))?;
+        let stream = ctx.new_stream().map_err(driver_err("cuStreamCreate"))?;
+        Ok(Arc::new(CudaDevice {
+            ordinal,
+            name,
+            arch,
+            ctx,
+            stream,
+            modules: Mutex::new(Default::default()),
+        }))
+    }
+
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn arch(&self) -> Arch {
+        self.arch
+    }
+
+    pub(crate) fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Waits for everything queued on the device's stream.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(driver_err("cuStreamSynchronize"))
+    }
+
+    /// The kernel `name` of `source`, compiling and loading the source on
+    /// first use.
+    pub(crate) fn function(&self, source: Source, name: &'static str) -> Result<CudaFunction> {
+        debug_assert!(
+            source.entry_points().contains(&name),
+            "{name} not listed for {source:?}"
+        );
+        let module = {
+            let mut modules = self.modules.lock().expect("module table lock");
+            match &modules[source.index()] {
+                Some(m) => m.clone(),
+                None => {
+                    let compiled = nvrtc::compile_cached(source, self.arch)?;
+                    let m = self
+                        .ctx
+                        .load_module(Ptx::from_src(compiled.ptx.clone()))
+                        .map_err(driver_err("cuModuleLoadData"))?;
+                    modules[source.index()] = Some(m.clone());
+                    m
+                }
+            }
+        };
+        module
+            .load_function(name)
+            .map_err(driver_err("cuModuleGetFunction"))
+    }
+
+    /// Copies an f32 tensor to the device.
+    pub fn upload(&self, t: &Tensor) -> Result<DeviceTensor> {
+        let values = t.f32s("upload")?;
+        let buf = if values.is_empty() {
+            self.alloc(0)?
+        } else {
+            self.stream
+                .clone_htod(values)
+                .map_err(driver_err("cuMemcpyHtoD"))?
+        };
+        Ok(DeviceTensor {
+            shape: t.shape().to_vec(),
+            buf,
+        })
+    }
+
+    /// Copies a device tensor back (waits for the stream).
+    pub fn download(&self, t: &DeviceTensor) -> Result<Tensor> {
+        let values = if t.is_empty() {
+            Vec::new()
+        } else {
+            self.stream
+                .clone_dtoh(&t.buf)
+                .map_err(driver_err("cuMemcpyDtoH"))?
+        };
+        Tensor::new(t.shape.clone(), values)
+    }
+
+    /// A zero-filled device buffer of `len` floats.
+    pub(crate) fn alloc(&self, len: usize) -> Result<CudaSlice<f32>> {
+        self.stream
+            .alloc_zeros::<f32>(len.max(1))
+            .map_err(driver_err("cuMemAlloc"))
+    }
+
+    /// A zero-filled device tensor of `shape`.
+    pub(crate) fn zeros(&self, shape: Vec<usize>) -> Result<DeviceTensor> {
+        let buf = self.alloc(crate::num_elements(&shape))?;
+        Ok(DeviceTensor { shape, buf })
+    }
+}

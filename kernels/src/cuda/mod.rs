@@ -1,0 +1,26 @@
+//! The CUDA backend, through cudarc with dynamic loading: building needs no
+//! CUDA, and a binary without a driver runs on the CPU (see [`pick_device`]).
+//!
+//! * [`library`]: finding `libcuda` and `libnvrtc` at run time, never panicking;
+//! * [`device`]: `--device auto|cpu|cuda:N`;
+//! * [`nvrtc`]: our `.cu` sources (kernels/cuda/, embedded) compiled to PTX by
+//!   NVRTC on first use, cached per (source, architecture);
+//! * [`context`]: a CUDA device with its stream and loaded modules, and
+//!   device tensors;
+//! * [`ops`]: the launchers: depthwise convolution and its gradients, the
+//!   pointwise (1×1) GEMM on TF32 tensor cores, fused batch norm + ReLU6
+//!   forward and backward, RMSProp.
+//!
+//! Not yet on a GPU: this code and the kernels have only been compiled (the
+//! `.cu` files by the real NVRTC, for sm_80 and sm_90); the GPU tests in
+//! kernels/tests/cuda_ops.rs have not run on hardware. See docs/cuda.md.
+
+pub mod context;
+pub mod device;
+pub mod library;
+pub mod nvrtc;
+pub mod ops;
+
+pub use context::{CudaDevice, DeviceTensor};
+pub use device::{cuda_device_count, pick_device, Device, DeviceChoice, DeviceRequest};
+pub use nvrtc::{Arch, Compiled, Source};
