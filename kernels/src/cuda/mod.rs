@@ -3,7 +3,7 @@
 //!
 //! * [`library`]: finding `libcuda` and `libnvrtc` at run time, never panicking;
 //! * [`device`]: `--device auto|cpu|cuda:N`;
-//! * [`nvrtc`]: our `.cu` sources (kernels/cuda/, embedded) compiled to PTX by
+//! * [`nvrtc`]: our `.cu` sources (kernels/src/cuda/, embedded) compiled to PTX by
 //!   NVRTC on first use, cached per (source, architecture);
 //! * [`context`]: a CUDA device with its stream and loaded modules, and
 //!   device tensors;

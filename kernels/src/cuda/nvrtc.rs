@@ -1,4 +1,4 @@
-//! Our `.cu` sources (kernels/cuda/, embedded in the binary) and their
+//! Our `.cu` sources (kernels/src/cuda/, embedded in the binary) and their
 //! compilation by NVRTC to PTX, once per (source, architecture) per process.
 //!
 //! Every source compiles with no headers and no warnings for sm_80 and
@@ -16,7 +16,7 @@ use cudarc::nvrtc::result as nvrtc;
 use super::library::{self, Library, NVRTC_INSTALL_HINT};
 use crate::{Error, Result};
 
-/// One `.cu` file of kernels/cuda/.
+/// One `.cu` file of kernels/src/cuda/.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Source {
     Depthwise,
@@ -38,7 +38,7 @@ impl Source {
         self as usize
     }
 
-    /// The file name under kernels/cuda/.
+    /// The file name under kernels/src/cuda/.
     pub fn file_name(self) -> &'static str {
         match self {
             Source::Depthwise => "depthwise.cu",
@@ -51,10 +51,10 @@ impl Source {
     /// The CUDA C++ text.
     pub fn code(self) -> &'static str {
         match self {
-            Source::Depthwise => include_str!("../../cuda/depthwise.cu"),
-            Source::Pointwise => include_str!("../../cuda/pointwise.cu"),
-            Source::BatchNorm => include_str!("../../cuda/batchnorm.cu"),
-            Source::Optim => include_str!("../../cuda/optim.cu"),
+            Source::Depthwise => include_str!("depthwise.cu"),
+            Source::Pointwise => include_str!("pointwise.cu"),
+            Source::BatchNorm => include_str!("batchnorm.cu"),
+            Source::Optim => include_str!("optim.cu"),
         }
     }
 

@@ -1,5 +1,5 @@
 //! FusedBatchNormV3 (+ ReLU6) and its gradient on CUDA
-//! (kernels/cuda/batchnorm.cu), with the CPU op's outputs and formulas.
+//! (kernels/src/cuda/batchnorm.cu), with the CPU op's outputs and formulas.
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 

@@ -1,4 +1,4 @@
-//! DepthwiseConv2dNative and its gradients on CUDA (kernels/cuda/depthwise.cu).
+//! DepthwiseConv2dNative and its gradients on CUDA (kernels/src/cuda/depthwise.cu).
 
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 

@@ -1,4 +1,4 @@
-//! Optimizer updates on CUDA (kernels/cuda/optim.cu), in place on device
+//! Optimizer updates on CUDA (kernels/src/cuda/optim.cu), in place on device
 //! tensors, bit for bit the CPU's formulas ([`crate::ops::optim`]).
 
 use cudarc::driver::PushKernelArg;

@@ -1,5 +1,5 @@
 //! The pointwise (1×1, stride 1, VALID) convolution and its gradients as one
-//! tiled GEMM on TF32 tensor cores (kernels/cuda/pointwise.cu).
+//! tiled GEMM on TF32 tensor cores (kernels/src/cuda/pointwise.cu).
 //!
 //! TF32 keeps 10 mantissa bits of each input: results are within about
 //! 1e-3 relative of an f32 GEMM (the tests allow 3e-3). A cuBLAS path for
