@@ -69,22 +69,29 @@ pub struct WorkerArgs {
     pub device: String,
 }
 
-/// The device a worker computes on, from `--device`.
+/// The device a worker computes on, from `--device`. The CUDA kernels exist
+/// (`kernels::cuda`) but training does not run on them yet, so a worker
+/// computes on the CPU; it says so, and why, rather than pretend.
 fn pick_device(flag: &str) -> Result<&'static str> {
-    match flag {
-        "cpu" => Ok("cpu"),
-        "auto" => {
-            tracing::info!(
-                "device: cpu (--device auto; this build has no CUDA backend yet, so every \
-                 worker computes on the CPU)"
+    use psflow_kernels::cuda::device::{pick_device, Device};
+    let choice = pick_device(flag).map_err(|e| anyhow!("--device {flag}: {e}"))?;
+    match choice.device {
+        Device::Cpu => {
+            tracing::info!("device: cpu ({})", choice.reason);
+            Ok("cpu")
+        }
+        Device::Cuda(n) if flag == "auto" => {
+            tracing::warn!(
+                "device: cpu — found cuda:{n} ({}), but psflow's training does not run on CUDA \
+                 yet (docs/cuda.md)",
+                choice.reason
             );
             Ok("cpu")
         }
-        f if f == "cuda" || f.starts_with("cuda:") => bail!(
-            "--device {f}: this build of psflow has no CUDA backend yet; use --device cpu \
-             (or auto)"
+        Device::Cuda(n) => bail!(
+            "--device {flag}: cuda:{n} is present, but psflow's training does not run on CUDA \
+             yet (docs/cuda.md); use --device cpu or auto"
         ),
-        f => bail!("--device {f:?}: expected auto, cpu or cuda:N"),
     }
 }
 
