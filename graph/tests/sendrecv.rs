@@ -177,3 +177,63 @@ fn a_fed_recv_does_not_wait() {
     let y = session.run(&[(t("x"), x)], &[t("y")], &[]).unwrap();
     assert_eq!(y[0].to_f64_vec(), vec![4.0]);
 }
+
+#[test]
+fn run_in_gives_each_run_its_own_rendezvous() {
+    // One session per stage, two steps at once: each step's runs use the
+    // step's rendezvous, so the values of the two steps never mix, whatever
+    // order the stages start in.
+    let sessions: Vec<Arc<Session>> = (0..3)
+        .map(|i| {
+            Arc::new(
+                Session::new(stage(i, i == 2))
+                    .unwrap()
+                    .with_recv_timeout(Duration::from_secs(20)),
+            )
+        })
+        .collect();
+    let steps: Vec<(Arc<LocalRendezvous>, f32)> = (0..2)
+        .map(|s| (Arc::new(LocalRendezvous::new()), 10.0 * s as f32 + 1.0))
+        .collect();
+    let mut handles = vec![];
+    for (i, session) in sessions.iter().enumerate().rev() {
+        for (r, x) in &steps {
+            let (session, r, x) = (session.clone(), r.clone(), *x);
+            handles.push(thread::spawn(move || {
+                let feeds = if i == 0 {
+                    vec![(
+                        psflow_graph::TensorName::new("x", 0),
+                        Tensor::new(vec![1], vec![x]).unwrap(),
+                    )]
+                } else {
+                    vec![]
+                };
+                let (fetches, targets) = if i == 2 {
+                    (vec![psflow_graph::TensorName::new("y", 0)], vec![])
+                } else {
+                    (vec![], vec!["y/send".to_string()])
+                };
+                let out = session.run_in(&*r, &feeds, &fetches, &targets).unwrap();
+                (x, out)
+            }));
+        }
+    }
+    for h in handles {
+        let (x, out) = h.join().unwrap();
+        if let Some(y) = out.first() {
+            // ((x*2 + 0)*2 + 1)*2 + 2
+            assert_eq!(
+                y.to_f64_vec(),
+                vec![((x * 2.0 * 2.0 + 1.0) * 2.0 + 2.0) as f64]
+            );
+        }
+    }
+    for (r, _) in &steps {
+        assert_eq!(r.queued(), 0);
+    }
+    // The session's own rendezvous (none here) is untouched: a plain run
+    // of a receiving stage says it has none.
+    assert!(sessions[1]
+        .run(&[], &[psflow_graph::TensorName::new("y", 0)], &[])
+        .is_err());
+}

@@ -26,7 +26,8 @@ pub mod ps {
 }
 
 /// The worker service (package `psflow.worker`): RunTask, Evaluate,
-/// RecvTensor, Status.
+/// RecvTensor, Status, and RegisterGraph / RunGraph / DeregisterGraph for
+/// graphs partitioned across workers.
 #[allow(clippy::all, missing_docs)]
 pub mod worker {
     include!(concat!(env!("OUT_DIR"), "/psflow.worker.rs"));

@@ -138,7 +138,21 @@ impl Session {
         fetches: &[TensorName],
         targets: &[String],
     ) -> Result<Vec<Tensor>> {
-        self.run_with(feeds, fetches, targets, None)
+        self.run_with(feeds, fetches, targets, None, None)
+    }
+
+    /// [`run`](Self::run) with `rendezvous` in place of the session's for
+    /// this run only: how one session runs concurrent steps whose
+    /// transfers must not mix (TensorFlow gives each step its own
+    /// rendezvous, keyed by step id).
+    pub fn run_in(
+        &self,
+        rendezvous: &dyn Rendezvous,
+        feeds: &[(TensorName, Tensor)],
+        fetches: &[TensorName],
+        targets: &[String],
+    ) -> Result<Vec<Tensor>> {
+        self.run_with(feeds, fetches, targets, None, Some(rendezvous))
     }
 
     /// [`run`](Self::run), timing every kernel that computes: the
@@ -161,7 +175,7 @@ impl Session {
             timings: &mut timings,
             schedule,
         };
-        let out = self.run_with(feeds, fetches, targets, Some(profiling))?;
+        let out = self.run_with(feeds, fetches, targets, Some(profiling), None)?;
         Ok((
             out,
             Profile {
@@ -178,6 +192,7 @@ impl Session {
         fetches: &[TensorName],
         targets: &[String],
         profile: Option<Profiling<'_>>,
+        rendezvous: Option<&dyn Rendezvous>,
     ) -> Result<Vec<Tensor>> {
         let mut names: Vec<TensorName> = feeds.iter().map(|(t, _)| t.clone()).collect();
         names.sort();
@@ -191,7 +206,8 @@ impl Session {
         for (name, t) in feeds {
             slots[plan.feed_slots[name]] = Some(self.check_feed(name, t)?);
         }
-        self.execute(&plan, slots, profile)
+        let rendezvous = rendezvous.or(self.rendezvous.as_deref());
+        run::execute(self, &plan, slots, profile, rendezvous)
     }
 
     fn plan(
@@ -266,15 +282,6 @@ impl Session {
             }),
             _ => Ok(t.clone()),
         }
-    }
-
-    fn execute(
-        &self,
-        plan: &Plan,
-        slots: Vec<Option<Tensor>>,
-        profile: Option<Profiling<'_>>,
-    ) -> Result<Vec<Tensor>> {
-        run::execute(self, plan, slots, profile)
     }
 
     /// Graph node names that a run of these fetches and targets executes,

@@ -22,7 +22,7 @@ use psflow_kernels::Tensor;
 
 use super::plan::Plan;
 use super::profile::Timer;
-use super::{NodeTiming, Profiling, Schedule, Session};
+use super::{NodeTiming, Profiling, Rendezvous, Schedule, Session};
 use crate::registry::{check_received, OpContext};
 use crate::{Error, Result};
 
@@ -59,6 +59,8 @@ impl Arrivals {
 
 struct Run<'a> {
     session: &'a Session,
+    /// Where this run's `_Send`s and `_Recv`s meet their peers.
+    rendezvous: Option<&'a dyn Rendezvous>,
     plan: &'a Plan,
     state: Mutex<RunState>,
     arrivals: Arc<Arrivals>,
@@ -73,6 +75,7 @@ pub(super) fn execute(
     plan: &Plan,
     slots: Vec<Option<Tensor>>,
     profile: Option<Profiling<'_>>,
+    rendezvous: Option<&dyn Rendezvous>,
 ) -> Result<Vec<Tensor>> {
     let (origin, timings, schedule) = match profile {
         Some(p) => (Some(p.origin), Some(p.timings), p.schedule),
@@ -80,6 +83,7 @@ pub(super) fn execute(
     };
     let run = Run {
         session,
+        rendezvous,
         plan,
         state: Mutex::new(RunState {
             slots,
@@ -158,7 +162,7 @@ fn finish(
     if let Some(e) = state.error.take() {
         // Withdraw the receives still waiting, so that their values stay
         // in the rendezvous instead of vanishing into this dead run.
-        if let Some(r) = session.rendezvous.as_deref() {
+        if let Some(r) = run.rendezvous {
             for (p, (_, ticket)) in state.waiting {
                 if let (Some(t), Some(key)) = (ticket, run_key(session, plan, p)) {
                     r.cancel(key, t);
@@ -223,7 +227,7 @@ impl<'a> Run<'a> {
 
     fn start_recv(&self, p: usize) {
         let id = self.plan.nodes[p];
-        let Some(r) = self.session.rendezvous.as_deref() else {
+        let Some(r) = self.rendezvous else {
             let node = &self.session.graph.nodes()[id];
             return self.fail(Error::NoRendezvous {
                 node: node.name.clone(),
@@ -389,7 +393,7 @@ impl<'a> Run<'a> {
             node,
             inputs,
             resources: &self.session.resources,
-            rendezvous: self.session.rendezvous.as_deref(),
+            rendezvous: self.rendezvous,
         };
         let skip = self.plan.skip[p];
         let timer = (self.origin.is_some() && !skip).then(Timer::start);

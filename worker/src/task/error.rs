@@ -28,6 +28,48 @@ pub enum TaskError {
     Diverged { step: u64, loss: f64 },
     #[error("the task was cancelled")]
     Cancelled,
+    /// RunGraph or DeregisterGraph of a handle this worker does not know.
+    #[error("no graph is registered under handle {handle:?} on this worker (RegisterGraph first; a restarted worker forgets its graphs)")]
+    UnknownGraph { handle: String },
+    /// A step of a registered graph failed in its executor.
+    #[error("step {step}: {source}")]
+    Step {
+        step: u64,
+        #[source]
+        source: psflow_graph::Error,
+    },
+    /// Receiving a tensor from another worker's RecvTensor failed.
+    #[error("receiving {key} in step {step} from task {task} at {addr}: {detail}")]
+    Peer {
+        task: String,
+        addr: String,
+        key: String,
+        step: u64,
+        code: Code,
+        detail: String,
+    },
+    /// RecvTensor: nothing was sent under the key in time.
+    #[error("step {step}: nothing was sent under {key} on this worker within {waited_ms} ms (is the sending partition's RunGraph for this step running here?)")]
+    RecvDeadline {
+        key: String,
+        step: u64,
+        waited_ms: u64,
+    },
+    /// RecvTensor: the step failed on this worker, so its value never comes.
+    #[error("step {step}: {key} will not be sent: {detail}")]
+    StepAborted {
+        key: String,
+        step: u64,
+        detail: String,
+    },
+    /// A message over a protocol limit.
+    #[error("{what} is {bytes} bytes, over the limit of {limit} bytes; {hint}")]
+    TooLarge {
+        what: String,
+        bytes: u64,
+        limit: u64,
+        hint: &'static str,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -45,6 +87,16 @@ impl TaskError {
             TaskError::Diverged { .. } => Code::Aborted,
             TaskError::Cancelled => Code::Cancelled,
             TaskError::Internal(_) => Code::Internal,
+            TaskError::UnknownGraph { .. } => Code::NotFound,
+            TaskError::Step { source, .. } => match source {
+                psflow_graph::Error::RecvTimeout { .. } => Code::DeadlineExceeded,
+                psflow_graph::Error::Rendezvous { .. } => Code::Aborted,
+                _ => Code::InvalidArgument,
+            },
+            TaskError::Peer { code, .. } => *code,
+            TaskError::RecvDeadline { .. } => Code::DeadlineExceeded,
+            TaskError::StepAborted { .. } => Code::Aborted,
+            TaskError::TooLarge { .. } => Code::ResourceExhausted,
         }
     }
 }

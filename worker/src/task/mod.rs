@@ -1,6 +1,8 @@
 //! Worker tasks of cluster jobs: the step loop ([`Task`]: pull → forward /
 //! backward → push on this worker's data shard), evaluation of a job's
-//! variables ([`evaluate`]) and the gRPC service that runs them
+//! variables ([`evaluate`]), graphs partitioned across workers
+//! ([`graphs`]: RegisterGraph / RunGraph, with worker-to-worker tensors
+//! through [`remote`] and RecvTensor) and the gRPC service that runs them
 //! ([`WorkerService`], [`serve`]). The protocol is
 //! `proto/proto/psflow/worker.proto`; docs/cluster.md, "Workers", says how
 //! a task runs.
@@ -8,7 +10,9 @@
 pub mod data;
 mod error;
 pub mod eval;
+pub mod graphs;
 pub mod metrics;
+pub mod remote;
 pub mod service;
 pub mod step;
 

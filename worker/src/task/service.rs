@@ -15,8 +15,13 @@ use tokio::task::AbortHandle;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use psflow_graph::RendezvousKey;
+use psflow_proto::ps::TensorRole;
 
 use super::eval::evaluate;
+use super::graphs::{Graphs, MAX_RECV_WAIT};
 use super::step::Task;
 use super::TaskError;
 
@@ -33,11 +38,12 @@ struct State {
     failed: AtomicU64,
 }
 
-/// A worker: runs the tasks the coordinator hands it. Cloning shares the
-/// state.
+/// A worker: runs the tasks the coordinator hands it, and the graph
+/// partitions registered with it. Cloning shares the state.
 #[derive(Clone, Default)]
 pub struct WorkerService {
     state: Arc<State>,
+    graphs: Arc<Graphs>,
 }
 
 impl WorkerService {
@@ -67,6 +73,11 @@ impl WorkerService {
             .collect();
         v.sort();
         v
+    }
+
+    /// Handles of the registered graphs.
+    pub fn graph_handles(&self) -> Vec<String> {
+        self.graphs.handles()
     }
 
     pub fn into_server(self) -> WorkerServer<WorkerService> {
@@ -156,10 +167,59 @@ impl Worker for WorkerService {
         &self,
         request: Request<pb::RecvTensorRequest>,
     ) -> Result<Response<Self::RecvTensorStream>, Status> {
-        let key = request.into_inner().key;
-        Err(Status::not_found(format!(
-            "no task on this worker sends {key:?}: data-parallel jobs have no worker-to-worker edges"
-        )))
+        let request = request.into_inner();
+        let key = RendezvousKey::parse(&request.key)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let wait = match request.deadline_ms {
+            0 => psflow_graph::executor::DEFAULT_RECV_TIMEOUT,
+            ms if ms > MAX_RECV_WAIT.as_millis() as u64 => {
+                return Err(Status::invalid_argument(format!(
+                    "RecvTensor deadline_ms {ms} is over the limit of {} ms",
+                    MAX_RECV_WAIT.as_millis()
+                )))
+            }
+            ms => std::time::Duration::from_millis(ms),
+        };
+        let value = self.graphs.recv(request.step_id, &key, wait).await?;
+        let messages =
+            psflow_ps::wire::pack([(key.tensor_name.as_str(), TensorRole::Gradient, &value)]);
+        let stream = futures::stream::iter(
+            messages
+                .into_iter()
+                .map(|chunks| Ok(pb::RecvTensorResponse { chunks })),
+        );
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn register_graph(
+        &self,
+        request: Request<pb::RegisterGraphRequest>,
+    ) -> Result<Response<pb::RegisterGraphResponse>, Status> {
+        let graph_handle = self.graphs.register(request.into_inner())?;
+        Ok(Response::new(pb::RegisterGraphResponse { graph_handle }))
+    }
+
+    async fn run_graph(
+        &self,
+        request: Request<pb::RunGraphRequest>,
+    ) -> Result<Response<pb::RunGraphResponse>, Status> {
+        let request = request.into_inner();
+        let span = tracing::info_span!(
+            "run_graph",
+            handle = request.graph_handle,
+            step = request.step_id
+        );
+        Ok(Response::new(
+            self.graphs.run(request).instrument(span).await?,
+        ))
+    }
+
+    async fn deregister_graph(
+        &self,
+        request: Request<pb::DeregisterGraphRequest>,
+    ) -> Result<Response<pb::DeregisterGraphResponse>, Status> {
+        self.graphs.deregister(&request.into_inner().graph_handle)?;
+        Ok(Response::new(pb::DeregisterGraphResponse {}))
     }
 
     async fn status(
