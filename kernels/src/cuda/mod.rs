@@ -20,7 +20,11 @@ pub mod device;
 pub mod library;
 pub mod nvrtc;
 pub mod ops;
+pub mod pool;
+pub mod staging;
 
 pub use context::{CudaDevice, DeviceTensor};
 pub use device::{cuda_device_count, pick_device, Device, DeviceChoice, DeviceRequest};
 pub use nvrtc::{Arch, Compiled, Source};
+pub use pool::PoolStats;
+pub use staging::PendingDownload;
