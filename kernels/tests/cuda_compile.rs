@@ -104,3 +104,37 @@ fn compiled_ptx_is_cached_per_source_and_architecture() {
     assert!(!std::sync::Arc::ptr_eq(&a, &c));
     assert_eq!(c.arch, Arch::SM_90);
 }
+
+#[test]
+fn reductions_and_gathers_use_no_atomics() {
+    require_nvrtc();
+    // Their sums must come out in a fixed order: no atomic adds anywhere.
+    for source in [
+        Source::Reduce,
+        Source::Softmax,
+        Source::AvgPool,
+        Source::BatchNorm,
+        Source::Depthwise,
+        Source::Elementwise,
+    ] {
+        for arch in ARCHS {
+            let ptx = nvrtc::compile_cached(source, arch).unwrap().ptx.clone();
+            let atomic = ptx.lines().find(|line| {
+                // An instruction, possibly predicated: `@%p1 atom.add…`.
+                let mut t = line.trim_start();
+                if t.starts_with('@') {
+                    t = t
+                        .split_once(char::is_whitespace)
+                        .map_or("", |(_, r)| r.trim_start());
+                }
+                t.starts_with("atom.") || t.starts_with("red.")
+            });
+            assert!(
+                atomic.is_none(),
+                "{} for {arch} uses atomics: {}",
+                source.file_name(),
+                atomic.unwrap_or_default()
+            );
+        }
+    }
+}

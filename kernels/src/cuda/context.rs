@@ -5,18 +5,20 @@
 //! by [`Source`] (the PTX itself is shared by every device of the same
 //! architecture, see [`nvrtc::compile_cached`]).
 //!
-//! Not built yet (issue 5): a memory pool (every op allocates its outputs
-//! and scratch from the driver), pinned host buffers and copy/compute
-//! overlap; this increment is the kernels and their host-side launchers.
+//! Outputs and scratch buffers come from the device's memory pool
+//! ([`super::pool`]) and go back to it when dropped; host↔device copies
+//! can go through pinned staging buffers ([`super::staging`]).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DriverError};
 use cudarc::nvrtc::Ptx;
 
 use super::library::{self, Library};
 use super::nvrtc::{self, Arch, Source};
+use super::pool::{DevicePool, PoolStats, PooledBuf};
+use super::staging::Staging;
 use crate::{Error, Result, Tensor};
 
 /// Threads per block of the element-wise (grid-stride) kernels.
@@ -29,6 +31,8 @@ pub struct CudaDevice {
     arch: Arch,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    pool: Arc<DevicePool>,
+    staging: Arc<Staging>,
     modules: Mutex<[Option<Arc<CudaModule>>; Source::ALL.len()]>,
 }
 
@@ -42,11 +46,13 @@ impl std::fmt::Debug for CudaDevice {
     }
 }
 
-/// An f32 tensor in device memory (row-major, as [`Tensor`]).
+/// An f32 tensor in device memory (row-major, as [`Tensor`]). Its buffer
+/// comes from the device's pool (it may be longer than the tensor) and
+/// goes back to it on drop.
 #[derive(Debug)]
 pub struct DeviceTensor {
     shape: Vec<usize>,
-    pub(crate) buf: CudaSlice<f32>,
+    pub(crate) buf: PooledBuf,
 }
 
 impl DeviceTensor {
@@ -54,8 +60,8 @@ impl DeviceTensor {
         &self.shape
     }
 
-    /// Elements of the tensor (an empty tensor is backed by a 1-float buffer:
-    /// the driver allocates nothing smaller).
+    /// Elements of the tensor (an empty tensor still holds the smallest
+    /// pool buffer).
     pub fn len(&self) -> usize {
         crate::num_elements(&self.shape)
     }
@@ -115,6 +121,8 @@ impl CudaDevice {
             name,
             arch,
             ctx,
+            pool: DevicePool::new(stream.clone()),
+            staging: Staging::new(),
             stream,
             modules: Mutex::new(Default::default()),
         }))
@@ -134,6 +142,30 @@ impl CudaDevice {
 
     pub(crate) fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+
+    pub(crate) fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    pub(crate) fn staging(&self) -> &Arc<Staging> {
+        &self.staging
+    }
+
+    /// What the device memory pool holds and has served.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    /// (uploads, downloads): the pinned staging buffers' statistics.
+    pub fn staging_stats(&self) -> (PoolStats, PoolStats) {
+        self.staging.stats()
+    }
+
+    /// Releases the pool's free device buffers to the driver (after a run;
+    /// never needed inside a step loop).
+    pub fn trim_pool(&self) {
+        self.pool.trim()
     }
 
     /// Waits for everything queued on the device's stream.
@@ -170,20 +202,18 @@ impl CudaDevice {
             .map_err(driver_err("cuModuleGetFunction"))
     }
 
-    /// Copies an f32 tensor to the device.
+    /// Copies an f32 tensor to the device from pageable memory (the host
+    /// waits for the copy; [`CudaDevice::upload_async`] does not).
     pub fn upload(&self, t: &Tensor) -> Result<DeviceTensor> {
         let values = t.f32s("upload")?;
-        let buf = if values.is_empty() {
-            self.alloc(0)?
-        } else {
+        let mut out = self.uninit(t.shape().to_vec())?;
+        if !values.is_empty() {
+            let mut dst = out.buf.slice_mut(0..values.len());
             self.stream
-                .clone_htod(values)
-                .map_err(driver_err("cuMemcpyHtoD"))?
-        };
-        Ok(DeviceTensor {
-            shape: t.shape().to_vec(),
-            buf,
-        })
+                .memcpy_htod(values, &mut dst)
+                .map_err(driver_err("cuMemcpyHtoD"))?;
+        }
+        Ok(out)
     }
 
     /// Copies a device tensor back (waits for the stream).
@@ -192,22 +222,31 @@ impl CudaDevice {
             Vec::new()
         } else {
             self.stream
-                .clone_dtoh(&t.buf)
+                .clone_dtoh(&t.buf.slice(0..t.len()))
                 .map_err(driver_err("cuMemcpyDtoH"))?
         };
         Tensor::new(t.shape.clone(), values)
     }
 
-    /// A zero-filled device buffer of `len` floats.
-    pub(crate) fn alloc(&self, len: usize) -> Result<CudaSlice<f32>> {
+    /// A zero-filled pooled buffer of at least `len` floats (scratch).
+    pub(crate) fn alloc(&self, len: usize) -> Result<PooledBuf> {
+        let mut buf = self.pool.take(len)?;
         self.stream
-            .alloc_zeros::<f32>(len.max(1))
-            .map_err(driver_err("cuMemAlloc"))
+            .memset_zeros(&mut *buf)
+            .map_err(driver_err("cuMemsetD8Async"))?;
+        Ok(buf)
     }
 
     /// A zero-filled device tensor of `shape`.
     pub(crate) fn zeros(&self, shape: Vec<usize>) -> Result<DeviceTensor> {
         let buf = self.alloc(crate::num_elements(&shape))?;
+        Ok(DeviceTensor { shape, buf })
+    }
+
+    /// A device tensor of `shape` with undefined contents, for outputs a
+    /// kernel writes in full.
+    pub(crate) fn uninit(&self, shape: Vec<usize>) -> Result<DeviceTensor> {
+        let buf = self.pool.take(crate::num_elements(&shape))?;
         Ok(DeviceTensor { shape, buf })
     }
 }

@@ -7,20 +7,30 @@
 //!   NVRTC on first use, cached per (source, architecture);
 //! * [`context`]: a CUDA device with its stream and loaded modules, and
 //!   device tensors;
+//! * [`pool`]: the device memory pool (size-class free lists, reused
+//!   across steps) every output and scratch buffer comes from;
+//! * [`staging`]: pinned host buffers and asynchronous copies;
 //! * [`ops`]: the launchers: depthwise convolution and its gradients, the
 //!   pointwise (1×1) GEMM on TF32 tensor cores, fused batch norm + ReLU6
-//!   forward and backward, RMSProp.
+//!   forward and backward, average pooling, bias, softmax cross-entropy,
+//!   reductions, the element-wise ops, and the optimizers (gradient
+//!   descent, Momentum, RMSProp, Adam).
 //!
 //! Not yet on a GPU: this code and the kernels have only been compiled (the
 //! `.cu` files by the real NVRTC, for sm_80 and sm_90); the GPU tests in
-//! kernels/tests/cuda_ops.rs have not run on hardware. See docs/cuda.md.
+//! kernels/tests/cuda_ops.rs have not run on hardware. Nothing outside
+//! this module uses it yet (no executor or worker wiring). See docs/cuda.md.
 
 pub mod context;
 pub mod device;
 pub mod library;
 pub mod nvrtc;
 pub mod ops;
+pub mod pool;
+pub mod staging;
 
 pub use context::{CudaDevice, DeviceTensor};
 pub use device::{cuda_device_count, pick_device, Device, DeviceChoice, DeviceRequest};
 pub use nvrtc::{Arch, Compiled, Source};
+pub use pool::PoolStats;
+pub use staging::PendingDownload;

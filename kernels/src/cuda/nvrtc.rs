@@ -23,14 +23,22 @@ pub enum Source {
     Pointwise,
     BatchNorm,
     Optim,
+    Elementwise,
+    Reduce,
+    AvgPool,
+    Softmax,
 }
 
 impl Source {
-    pub const ALL: [Source; 4] = [
+    pub const ALL: [Source; 8] = [
         Source::Depthwise,
         Source::Pointwise,
         Source::BatchNorm,
         Source::Optim,
+        Source::Elementwise,
+        Source::Reduce,
+        Source::AvgPool,
+        Source::Softmax,
     ];
 
     /// Index into per-device module tables.
@@ -45,6 +53,10 @@ impl Source {
             Source::Pointwise => "pointwise.cu",
             Source::BatchNorm => "batchnorm.cu",
             Source::Optim => "optim.cu",
+            Source::Elementwise => "elementwise.cu",
+            Source::Reduce => "reduce.cu",
+            Source::AvgPool => "avgpool.cu",
+            Source::Softmax => "softmax.cu",
         }
     }
 
@@ -55,6 +67,10 @@ impl Source {
             Source::Pointwise => include_str!("pointwise.cu"),
             Source::BatchNorm => include_str!("batchnorm.cu"),
             Source::Optim => include_str!("optim.cu"),
+            Source::Elementwise => include_str!("elementwise.cu"),
+            Source::Reduce => include_str!("reduce.cu"),
+            Source::AvgPool => include_str!("avgpool.cu"),
+            Source::Softmax => include_str!("softmax.cu"),
         }
     }
 
@@ -78,7 +94,22 @@ impl Source {
                 "bn_grad_finalize",
                 "bn_grad_apply",
             ],
-            Source::Optim => &["apply_rmsprop"],
+            Source::Optim => &[
+                "apply_rmsprop",
+                "apply_gradient_descent",
+                "apply_momentum",
+                "apply_adam",
+            ],
+            Source::Elementwise => &[
+                "ew_binary",
+                "ew_accumulate",
+                "ew_unary",
+                "ew_relu_grad",
+                "bias_add",
+            ],
+            Source::Reduce => &["reduce_partial", "reduce_finalize"],
+            Source::AvgPool => &["avg_pool_forward", "avg_pool_backward"],
+            Source::Softmax => &["softmax_rows", "xent_sparse", "xent_dense"],
         }
     }
 }

@@ -3,10 +3,14 @@
 //! the device's stream. The CPU ops in [`crate::ops`] are the oracle the GPU
 //! tests (kernels/tests/cuda_ops.rs) compare against.
 
+pub mod avgpool;
 pub mod batchnorm;
 pub mod depthwise;
+pub mod elementwise;
 pub mod optim;
 pub mod pointwise;
+pub mod reduce;
+pub mod softmax;
 
 use cudarc::driver::LaunchConfig;
 
