@@ -15,6 +15,9 @@ sees the same machine state on average):
             loopback gRPC (coordinator, 1 PS shard, 1 worker; sync).
   2w+2ps    the same with `--workers 2 --ps 2`: each worker batch 128; the
             whole cluster's images/s.
+  tf-single tf_train.py (the peer of `bench`, the same model and step
+            without a cluster): one process, random tensors, the
+            `jit_compile=False` step; images/s over the timed steps.
   tf-1w+1ps, tf-2w+2ps
             tf_ps_strategy.py: TensorFlow's ParameterServerStrategy with
             separate local processes per task (async); the whole cluster's
@@ -27,18 +30,26 @@ every --warmup steps), is kept in the JSON as `window_images_per_sec`.
 
 Per configuration: the median over repeats, with min-max. Ratios are of
 the medians, with the range of the same ratio taken within each repeat
-(runs of one repeat are minutes apart at most). Standard library only; the
-TensorFlow runs use --tf-python (a venv with tensorflow-cpu).
+(runs of one repeat are minutes apart at most). Every run also records
+`others_cpu_cores`: the machine's busy CPU time during the run (/proc/stat)
+less the benchmark's own (getrusage of this process and its children), per
+second of the run; 0 is a quiet machine. `--wait-idle S` waits up to S
+seconds before each run for other processes to use under 0.2 cores.
+Standard library only; the TensorFlow runs use --tf-python (a venv with
+tensorflow-cpu).
 
     python3 compare_cluster.py --psflow BIN [--tf-python PY | --no-tf]
-        [--repeats 5] [--steps 60] [--warmup 10] [--only ...] [--json-out FILE]
+        [--repeats 5] [--steps 60] [--warmup 10] [--only ...] [--wait-idle S]
+        [--run-timeout 600] [--json-out FILE]
 """
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import struct
@@ -56,6 +67,7 @@ CONFIGS = {
     "single": ("psflow train (1 process)", 1, 0),
     "1w+1ps": ("psflow train --workers 1 --ps 1", 1, 1),
     "2w+2ps": ("psflow train --workers 2 --ps 2", 2, 2),
+    "tf-single": ("TF tf.function step (1 process, no input pipeline)", 1, 0),
     "tf-1w+1ps": ("TF ParameterServerStrategy 1 worker + 1 PS", 1, 1),
     "tf-2w+2ps": ("TF ParameterServerStrategy 2 workers + 2 PS", 2, 2),
 }
@@ -66,6 +78,73 @@ def loadavg():
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return None
+
+
+def binary_time(path):
+    try:
+        t = os.stat(path).st_mtime
+    except OSError:
+        return None
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def git_state():
+    """The checkout's commit and whether it had local changes (a binary
+    given in $PSFLOW_BIN may have been built from another state)."""
+    root = os.path.dirname(os.path.dirname(HERE))
+    head, _ = run(["git", "-C", root, "rev-parse", "--short", "HEAD"], 30)
+    dirty, _ = run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"], 30)
+    return {"commit": head.strip() or None, "uncommitted_changes": bool(dirty.strip())}
+
+
+def cpu_sample():
+    """(busy seconds of the whole machine, CPU seconds of this process and
+    its waited-for descendants, wall time), or None off Linux."""
+    try:
+        with open("/proc/stat") as fh:
+            f = [int(x) for x in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    busy = (sum(f[:8]) - f[3] - f[4]) / hz  # all but idle and iowait
+    own = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        ru = resource.getrusage(who)
+        own += ru.ru_utime + ru.ru_stime
+    return busy, own, time.monotonic()
+
+
+def others_cpu(c0, c1):
+    """Cores used on average by processes other than the benchmark's own
+    between two samples: the machine's busy time less ours."""
+    if c0 is None or c1 is None or c1[2] <= c0[2]:
+        return None
+    # (Tick-granular accounting makes a quiet machine read a hair below 0.)
+    return max(0.0, round(((c1[0] - c0[0]) - (c1[1] - c0[1])) / (c1[2] - c0[2]), 3))
+
+
+def wait_idle(limit, threshold=0.2):
+    """Waits (at most `limit` seconds) until other processes use under
+    `threshold` cores over one second; returns the seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        c0 = cpu_sample()
+        time.sleep(1.0)
+        other = others_cpu(c0, cpu_sample())
+        if other is None or other < threshold:
+            break
+    return round(time.monotonic() - t0, 1) if limit > 0 else 0.0
 
 
 def one_line(text, limit=300):
@@ -195,6 +274,25 @@ class Runner:
         finally:
             shutil.rmtree(out, ignore_errors=True)
 
+    def tf_single(self):
+        if not self.a.tf_python:
+            return {"error": self.a.no_tf_reason}
+        out, err = run([self.a.tf_python, os.path.join(HERE, "tf_train.py"), "--alphas",
+                        str(ALPHA), "--resolution", str(RESOLUTION), "--batch-size", str(BATCH),
+                        "--classes", str(CLASSES), "--variants", "tf.function", "--steps",
+                        str(self.a.steps), "--warmup", str(self.a.warmup)], self.a.run_timeout)
+        if err:
+            return {"error": err}
+        d = json.loads(out)
+        row = d["results"][0]
+        if "error" in row:
+            return {"error": row["error"]}
+        secs = sum(row["step_times_ms"]) / 1e3
+        return {"images_per_sec": BATCH * len(row["step_times_ms"]) / secs,
+                "images_per_sec_median_step": row["images_per_sec_median"],
+                "tensorflow": d.get("tensorflow"), "keras": d.get("keras"),
+                "threads": d.get("threads")}
+
     def tf(self, workers, ps):
         if not self.a.tf_python:
             return {"error": self.a.no_tf_reason}
@@ -217,6 +315,8 @@ class Runner:
             return self.bench()
         if name == "single":
             return self.train()
+        if name == "tf-single":
+            return self.tf_single()
         if name.startswith("tf-"):
             return self.tf(w, p)
         return self.train(w, p)
@@ -245,22 +345,25 @@ def main():
     ap.add_argument("--steps", type=int, default=60, help="timed steps (per worker)")
     ap.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     ap.add_argument("--run-timeout", type=int, default=600, help="seconds per run")
+    ap.add_argument("--wait-idle", type=float, default=0, metavar="S",
+                    help="before each run, wait up to S seconds until other processes use "
+                         "under 0.2 cores (a shared machine)")
     ap.add_argument("--only", help="comma-separated configurations (default: all): "
                     + ", ".join(CONFIGS))
     ap.add_argument("--json-out", help="write the results here")
     a = ap.parse_args()
     if a.repeats < 1 or a.steps < 1 or a.warmup < 1:
-        sys.exit("compare_cluster.py: --repeats, --steps and --warmup must be at least 1")
+        ap.error("--repeats, --steps and --warmup must be at least 1")
     if a.no_tf:
         a.tf_python = None
     elif not a.tf_python:
-        sys.exit("compare_cluster.py: give --tf-python (a venv with tensorflow-cpu) or --no-tf")
+        ap.error("give --tf-python (a venv with tensorflow-cpu) or --no-tf")
     names = list(CONFIGS)
     if a.only:
         names = [n.strip() for n in a.only.split(",") if n.strip()]
         bad = [n for n in names if n not in CONFIGS]
         if bad or not names:
-            sys.exit(f"compare_cluster.py: unknown --only {bad}: use {', '.join(CONFIGS)}")
+            ap.error(f"unknown --only {bad}: use {', '.join(CONFIGS)}")
     a.psflow = os.path.abspath(a.psflow)
 
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -274,16 +377,20 @@ def main():
         for rep in range(1, a.repeats + 1):
             order = names if rep % 2 == 1 else names[::-1]
             for n in order:
+                waited = wait_idle(a.wait_idle)
                 print(f"  repeat {rep}/{a.repeats}  {n:<10}", end="", file=sys.stderr, flush=True)
-                l0, t0 = loadavg(), time.monotonic()
+                l0, t0, c0 = loadavg(), time.monotonic(), cpu_sample()
                 res = r.measure(n)
+                other = others_cpu(c0, cpu_sample())
                 res.update(repeat=rep, load_before=l0, load_after=loadavg(),
-                           seconds_total=time.monotonic() - t0)
+                           seconds_total=time.monotonic() - t0, others_cpu_cores=other,
+                           waited_for_idle_s=waited)
                 runs[n].append(res)
                 shown = (f"{res['images_per_sec']:8.0f} images/s" if "images_per_sec" in res
                          else f"failed: {res['error']}")
-                print(f"  {shown}  ({res['seconds_total']:.0f} s, load "
-                      f"{res['load_after'][0] if res['load_after'] else '?'})",
+                print(f"  {shown}  ({res['seconds_total']:.0f} s; other processes used "
+                      f"{'?' if other is None else f'{other:.2f}'} cores"
+                      f"{f', waited {waited:.0f} s for idle' if waited > 1.5 else ''})",
                       file=sys.stderr, flush=True)
     load_after = loadavg()
     elapsed = time.monotonic() - t_begin
@@ -294,6 +401,8 @@ def main():
         errs = sorted({x["error"] for x in runs[n] if "error" in x})
         results[n] = {"label": CONFIGS[n][0], "workers": CONFIGS[n][1], "ps": CONFIGS[n][2],
                       "images_per_sec": summary(ok), "errors": errs, "runs": runs[n]}
+        oth = [x["others_cpu_cores"] for x in runs[n] if x.get("others_cpu_cores") is not None]
+        results[n]["others_cpu_cores"] = summary(oth)
         win = [x["window_images_per_sec"] for x in runs[n] if "window_images_per_sec" in x]
         if win:
             results[n]["window_images_per_sec"] = summary(win)
@@ -318,7 +427,9 @@ def main():
         ("single / bench", "single", "bench", "the input pipeline's cost"),
         ("psflow 1w+1ps / TF 1w+1ps", "1w+1ps", "tf-1w+1ps", ""),
         ("psflow 2w+2ps / TF 2w+2ps", "2w+2ps", "tf-2w+2ps", ""),
-        ("TF 2w+2ps / TF 1w+1ps", "tf-2w+2ps", "tf-1w+1ps", ""),
+        ("TF 1w+1ps / TF single", "tf-1w+1ps", "tf-single", "TF's own cost"),
+        ("TF 2w+2ps / TF single", "tf-2w+2ps", "tf-single", ""),
+        ("psflow bench / TF single", "bench", "tf-single", "as compare_train.sh"),
     ]
     ratios = {}
     for label, num, den, note in ratio_defs:
@@ -329,9 +440,9 @@ def main():
 
     # The table for people.
     print(f"MobileNet v1 alpha={ALPHA}, {RESOLUTION}x{RESOLUTION}, batch {BATCH} per worker; "
-          f"{a.repeats} repeats of {a.warmup} + {a.steps} steps; images/s of the whole "
+          f"{a.repeats} repeat(s) of {a.warmup} + {a.steps} steps; images/s of the whole "
           f"process or cluster: median (min-max over repeats)")
-    rows = [["configuration", "images/s"]]
+    rows = [["configuration", "images/s", "others' CPU"]]
     for n in names:
         res = results[n]
         cell = fmt(res["images_per_sec"])
@@ -339,12 +450,12 @@ def main():
             cell = "did not run: " + res["errors"][0]
         elif res["errors"]:
             cell += f"  [{len(res['errors'])} failed: {res['errors'][0]}]"
-        rows.append([f"{n:<10} {res['label']}", cell])
-    w0 = max(len(r_[0]) for r_ in rows)
+        rows.append([f"{n:<10} {res['label']}", cell, fmt(res["others_cpu_cores"], 2)])
+    w = [max(len(r_[i]) for r_ in rows) for i in range(3)]
     for i, r_ in enumerate(rows):
-        print(f"{r_[0]:<{w0}}  {r_[1]}")
+        print(f"{r_[0]:<{w[0]}}  {r_[1]:<{w[1]}}  {r_[2]}")
         if i == 0:
-            print(f"{'-' * w0}  {'-' * 24}")
+            print("  ".join("-" * x for x in w))
     if ratios:
         print()
         print("ratio (of medians; per-repeat range)")
@@ -358,6 +469,8 @@ def main():
         print(f"\ntarget 1w+1ps >= 0.9 x single: {'met' if tgt['of_medians'] >= 0.9 else 'NOT met'} "
               f"({tgt['of_medians']:.2f})")
     ncpu = os.cpu_count()
+    print("others' CPU: cores used by other processes during the runs (median, range); "
+          "0 is a quiet machine")
     print(f"{ncpu} cores: 2w+2ps shares the same cores as 1 process (cost of distribution, "
           f"not scaling). psflow clusters are sync, TF's ParameterServerStrategy async. "
           f"load average {load_before[0] if load_before else '?'} before, "
@@ -379,7 +492,8 @@ def main():
                       "classes": CLASSES, "batch_per_worker": BATCH,
                       "optimizer": "rmsprop lr 0.01 decay 0.9 momentum 0.9 epsilon 1.0"},
             "repeats": a.repeats, "steps": a.steps, "warmup": a.warmup,
-            "psflow": a.psflow,
+            "psflow": {"binary": a.psflow, "modified_utc": binary_time(a.psflow),
+                       "sha256": sha256(a.psflow), "checkout_when_run": git_state()},
             "tensorflow": tf_meta.get("tensorflow"), "keras": tf_meta.get("keras"),
             "tf_threads": {n: next((x.get("threads") for x in runs[n] if x.get("threads")), None)
                            for n in names if n.startswith("tf-")},

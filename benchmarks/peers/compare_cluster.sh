@@ -5,17 +5,21 @@
 # alpha 0.5, resolution 32, batch 128 per worker, RMSProp with momentum.
 #
 #   benchmarks/peers/compare_cluster.sh [--repeats 5] [--steps 60] [--warmup 10]
-#       [--only bench,single,1w+1ps,2w+2ps,tf-1w+1ps,tf-2w+2ps] [--run-timeout 600]
-#       [--json-out FILE] [--no-tf] [--no-build]
+#       [--only bench,single,1w+1ps,2w+2ps,tf-single,tf-1w+1ps,tf-2w+2ps]
+#       [--run-timeout 600]
+#       [--wait-idle S] [--json-out FILE] [--no-tf] [--no-build]
 #
 # Per repeat it runs, one after the other (the order reversed every other
 # repeat): `psflow bench train` (no input pipeline), `psflow train` on the
 # synthetic set in one process, the same with `--workers 1 --ps 1` and with
-# `--workers 2 --ps 2` (in-process clusters over loopback gRPC), and
-# tf_ps_strategy.py with 1+1 and 2+2 (every task a local process).
+# `--workers 2 --ps 2` (in-process clusters over loopback gRPC),
+# tf_train.py (TensorFlow, one process, the same step) and tf_ps_strategy.py
+# with 1+1 and 2+2 (every task a local process).
 # compare_cluster.py runs them and prints per configuration the median
 # images/s over repeats with the range, and the ratios (1w+1ps / single is
-# the target, >= 0.9). Raw results: --json-out.
+# the target, >= 0.9). Raw results: --json-out. --wait-idle S:
+# before each run wait up to S seconds for other processes to use under 0.2
+# cores (a shared machine); every run records what other processes used.
 #
 # psflow: $PSFLOW_BIN, else `cargo build --release -p psflow` (unless
 # --no-build) and target/release/psflow. TensorFlow: the venv
@@ -31,12 +35,12 @@ tf=1
 pass=()
 while [ $# -gt 0 ]; do
     case "$1" in
-        --repeats|--steps|--warmup|--only|--run-timeout|--json-out)
+        --repeats|--steps|--warmup|--only|--run-timeout|--wait-idle|--json-out)
             [ $# -ge 2 ] || { echo "compare_cluster.sh: $1 needs a value" >&2; exit 2; }
             pass+=("$1" "$2"); shift 2 ;;
         --no-tf) tf=0; shift ;;
         --no-build) build=0; shift ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
         *) echo "compare_cluster.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done

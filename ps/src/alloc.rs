@@ -6,8 +6,9 @@
 //! and trim thresholds so freed buffers are reused instead.
 
 /// Raises glibc malloc's mmap threshold to 32 MiB (its maximum) and trim
-/// threshold to 1 GiB, for a process that serves tensors (the `psflow ps`
-/// role, the transfer benchmark). Does nothing on other C libraries.
+/// threshold to 1 GiB. `psflow` calls it at start for every command: every
+/// role and the trainers free and reallocate the same large tensors each
+/// step. Does nothing on other C libraries.
 pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
