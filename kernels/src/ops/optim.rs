@@ -254,8 +254,8 @@ multiversion!(adam_isa => adam_body(
 
 // ------------------------------------------------------------ checking --
 
-/// Every slice must have `var`'s length.
-fn check_lengths(op: &'static str, var: usize, others: &[(&str, usize)]) -> Result<()> {
+/// Every slice must have `var`'s length (also the CUDA launchers' check).
+pub(crate) fn check_lengths(op: &'static str, var: usize, others: &[(&str, usize)]) -> Result<()> {
     for &(what, n) in others {
         if n != var {
             return Err(Error::shape(
@@ -267,7 +267,7 @@ fn check_lengths(op: &'static str, var: usize, others: &[(&str, usize)]) -> Resu
     Ok(())
 }
 
-fn check_finite(op: &'static str, params: &[(&str, f32)]) -> Result<()> {
+pub(crate) fn check_finite(op: &'static str, params: &[(&str, f32)]) -> Result<()> {
     for &(what, x) in params {
         if !x.is_finite() {
             return Err(Error::invalid(op, format!("{what} is {x}")));
@@ -365,7 +365,7 @@ pub(crate) fn apply_rmsprop_isa(
     Ok(())
 }
 
-fn check_rmsprop(op: &'static str, h: RmsPropHyper) -> Result<()> {
+pub(crate) fn check_rmsprop(op: &'static str, h: RmsPropHyper) -> Result<()> {
     check_finite(
         op,
         &[
@@ -375,6 +375,29 @@ fn check_rmsprop(op: &'static str, h: RmsPropHyper) -> Result<()> {
             ("epsilon", h.epsilon),
         ],
     )
+}
+
+/// Adam's hyper-parameters: finite, and a bias correction that exists.
+pub(crate) fn check_adam(op: &'static str, h: AdamHyper) -> Result<()> {
+    check_finite(
+        op,
+        &[
+            ("lr", h.lr),
+            ("beta1", h.beta1),
+            ("beta2", h.beta2),
+            ("epsilon", h.epsilon),
+            ("beta1_power", h.beta1_power),
+            ("beta2_power", h.beta2_power),
+        ],
+    )?;
+    if h.beta1_power == 1.0 {
+        return Err(Error::invalid(
+            op,
+            "beta1_power is 1, so the bias correction 1 / (1 - beta1_power) is infinite \
+             (beta powers start at beta, not 1)",
+        ));
+    }
+    Ok(())
 }
 
 /// Centered RMSProp (TF's ApplyCenteredRMSProp): as [`apply_rmsprop`] with
@@ -454,24 +477,7 @@ pub(crate) fn apply_adam_isa(
         var.len(),
         &[("m", m.len()), ("v", v.len()), ("grad", grad.len())],
     )?;
-    check_finite(
-        OP,
-        &[
-            ("lr", h.lr),
-            ("beta1", h.beta1),
-            ("beta2", h.beta2),
-            ("epsilon", h.epsilon),
-            ("beta1_power", h.beta1_power),
-            ("beta2_power", h.beta2_power),
-        ],
-    )?;
-    if h.beta1_power == 1.0 {
-        return Err(Error::invalid(
-            OP,
-            "beta1_power is 1, so the bias correction 1 / (1 - beta1_power) is infinite \
-             (beta powers start at beta, not 1)",
-        ));
-    }
+    check_adam(OP, h)?;
     let alpha = adam_alpha(&h);
     var.par_chunks_mut(PAR_CHUNK)
         .zip(m.par_chunks_mut(PAR_CHUNK))

@@ -7,33 +7,11 @@ use cudarc::driver::PushKernelArg;
 use super::elementwise;
 use crate::cuda::context::{driver_err, CudaDevice, DeviceTensor};
 use crate::cuda::nvrtc::Source;
-use crate::ops::optim::{adam_alpha, AdamHyper, MomentumHyper, RmsPropHyper};
-use crate::{Error, Result};
-
-/// Every slot must have `var`'s length.
-fn same_len(op: &'static str, var: usize, others: &[(&str, usize)]) -> Result<()> {
-    for &(what, len) in others {
-        if len != var {
-            return Err(Error::shape(
-                op,
-                format!("{what} has {len} elements but var has {var}"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn finite(op: &'static str, params: &[(&str, f32)]) -> Result<()> {
-    for &(what, v) in params {
-        if !v.is_finite() {
-            return Err(Error::invalid(
-                op,
-                format!("{what} must be finite, got {v}"),
-            ));
-        }
-    }
-    Ok(())
-}
+use crate::ops::optim::{
+    adam_alpha, check_adam, check_finite, check_lengths, check_rmsprop, AdamHyper, MomentumHyper,
+    RmsPropHyper,
+};
+use crate::Result;
 
 impl CudaDevice {
     /// `var -= grad * lr` (ApplyGradientDescent).
@@ -45,8 +23,8 @@ impl CudaDevice {
     ) -> Result<()> {
         const OP: &str = "ApplyGradientDescent";
         let n = var.len();
-        same_len(OP, n, &[("grad", grad.len())])?;
-        finite(OP, &[("lr", lr)])?;
+        check_lengths(OP, n, &[("grad", grad.len())])?;
+        check_finite(OP, &[("lr", lr)])?;
         if n == 0 {
             return Ok(());
         }
@@ -70,8 +48,8 @@ impl CudaDevice {
     ) -> Result<()> {
         const OP: &str = "ApplyMomentum";
         let n = var.len();
-        same_len(OP, n, &[("accum", accum.len()), ("grad", grad.len())])?;
-        finite(OP, &[("lr", h.lr), ("momentum", h.momentum)])?;
+        check_lengths(OP, n, &[("accum", accum.len()), ("grad", grad.len())])?;
+        check_finite(OP, &[("lr", h.lr), ("momentum", h.momentum)])?;
         if n == 0 {
             return Ok(());
         }
@@ -103,29 +81,12 @@ impl CudaDevice {
     ) -> Result<()> {
         const OP: &str = "ApplyAdam";
         let n = var.len();
-        same_len(
+        check_lengths(
             OP,
             n,
             &[("m", m.len()), ("v", v.len()), ("grad", grad.len())],
         )?;
-        finite(
-            OP,
-            &[
-                ("lr", h.lr),
-                ("beta1", h.beta1),
-                ("beta2", h.beta2),
-                ("epsilon", h.epsilon),
-                ("beta1_power", h.beta1_power),
-                ("beta2_power", h.beta2_power),
-            ],
-        )?;
-        if h.beta1_power == 1.0 {
-            return Err(Error::invalid(
-                OP,
-                "beta1_power is 1, so the bias correction 1 / (1 - beta1_power) is infinite \
-                 (beta powers start at beta, not 1)",
-            ));
-        }
+        check_adam(OP, h)?;
         if n == 0 {
             return Ok(());
         }
@@ -160,27 +121,12 @@ impl CudaDevice {
     ) -> Result<()> {
         const OP: &str = "ApplyRMSProp";
         let n = var.len();
-        for (what, len) in [("ms", ms.len()), ("mom", mom.len()), ("grad", grad.len())] {
-            if len != n {
-                return Err(Error::shape(
-                    OP,
-                    format!("{what} has {len} elements but var has {n}"),
-                ));
-            }
-        }
-        for (what, v) in [
-            ("lr", h.lr),
-            ("rho", h.rho),
-            ("momentum", h.momentum),
-            ("epsilon", h.epsilon),
-        ] {
-            if !v.is_finite() {
-                return Err(Error::invalid(
-                    OP,
-                    format!("{what} must be finite, got {v}"),
-                ));
-            }
-        }
+        check_lengths(
+            OP,
+            n,
+            &[("ms", ms.len()), ("mom", mom.len()), ("grad", grad.len())],
+        )?;
+        check_rmsprop(OP, h)?;
         if n == 0 {
             return Ok(());
         }
