@@ -278,7 +278,8 @@ fn pct(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{:.2} %", 100.0 * v))
 }
 
-fn summary_table(info: &pb::JobInfo, s: &psflow_worker::run::TrainSummary) -> String {
+/// The result table of a finished job (`submit --wait`, `quickstart`).
+pub(crate) fn summary_table(info: &pb::JobInfo, s: &psflow_worker::run::TrainSummary) -> String {
     let mib = |k: &str| {
         s.extra
             .get(k)
@@ -296,8 +297,14 @@ fn summary_table(info: &pb::JobInfo, s: &psflow_worker::run::TrainSummary) -> St
     t.row(vec![
         "cluster".into(),
         format!(
-            "{} worker(s) × batch {}, {} PS shard(s)",
-            info.workers, s.batch_size, info.ps
+            "{} worker(s) × batch {}, {} PS shard(s), {}",
+            info.workers,
+            s.batch_size,
+            info.ps,
+            s.extra
+                .get("mode")
+                .and_then(|m| m.as_str())
+                .unwrap_or("sync")
         ),
     ]);
     t.row(vec![

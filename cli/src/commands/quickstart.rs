@@ -15,7 +15,6 @@ use psflow_worker::run::ProgressMode;
 
 use crate::cluster::spec::ClusterShape;
 use crate::cluster::train::{train, ClusterRun};
-use crate::table::Table;
 use crate::trainer::RunConfig;
 
 #[derive(Args, Debug)]
@@ -39,10 +38,6 @@ pub struct QuickstartArgs {
     /// auto, bar, plain or quiet.
     #[arg(long, default_value = "auto", value_parser = ["auto", "bar", "plain", "quiet"])]
     pub progress: String,
-}
-
-fn mib(b: u64) -> String {
-    format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
 }
 
 pub fn run(args: &QuickstartArgs) -> Result<(), (bool, anyhow::Error)> {
@@ -115,33 +110,7 @@ pub fn run(args: &QuickstartArgs) -> Result<(), (bool, anyhow::Error)> {
         );
         return Ok(());
     }
-    let extra = |k: &str| s.extra.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
-    let mut t = Table::new(&["result", "value"]);
-    let pct = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.2} %", 100.0 * v));
-    t.row(vec![
-        "model".into(),
-        format!("{} ({} parameters)", s.model, s.params),
-    ]);
-    t.row(vec![
-        "cluster".into(),
-        format!(
-            "{} workers × batch {}, {} PS shards, sync",
-            args.workers, args.batch_size, args.ps
-        ),
-    ]);
-    t.row(vec![
-        "steps".into(),
-        format!("{} ({:.2} epochs)", s.steps, s.epochs),
-    ]);
-    t.row(vec!["test accuracy (top-1)".into(), pct(s.top1)]);
-    t.row(vec!["test accuracy (top-5)".into(), pct(s.top5)]);
-    t.row(vec!["images/s".into(), format!("{:.0}", s.images_per_sec)]);
-    t.row(vec![
-        "training time".into(),
-        format!("{:.1} s", s.wall_seconds),
-    ]);
-    t.row(vec!["bytes pushed".into(), mib(extra("bytes_pushed"))]);
-    t.row(vec!["bytes pulled".into(), mib(extra("bytes_pulled"))]);
-    print!("{}", t.render());
+    let t = crate::commands::jobs::summary_table(&outcome.info, s);
+    print!("{t}");
     Ok(())
 }
