@@ -358,7 +358,6 @@ impl Task {
                 let names: Vec<String> = pulls.iter().map(|(n, _)| n.clone()).collect();
                 let mut next = 0usize;
                 let mut nbytes = 0u64;
-                let mut version_tx = Some(version_tx);
                 let r = client
                     .pull_each(&names, min_version, timeout, |name, value| {
                         let Some((want, key)) = pulls.get(next) else {
@@ -390,11 +389,10 @@ impl Task {
                             )))
                         }
                     });
+                // Async mode pushes against the version pulled.
                 let r = r.map(|version| {
-                    if let Some(tx) = version_tx.take() {
-                        let _ = tx.send(version);
-                    }
-                    (version, nbytes)
+                    let _ = version_tx.send(version);
+                    nbytes
                 });
                 if let Err(e) = &r {
                     // Fail the step's `_Recv`s now, not at their timeout.
@@ -494,13 +492,10 @@ impl Task {
             }
             return Err(e.into());
         }
-        let mut versions = Vec::with_capacity(pulled.len());
         for rx in pulled {
-            let (v, n) = rx
+            bytes.0 += rx
                 .await
                 .map_err(|_| TaskError::Internal("a pull of this step vanished".into()))??;
-            versions.push(v);
-            bytes.0 += n;
         }
         let out = run?;
 
@@ -535,7 +530,6 @@ impl Task {
             .map(|(r, s)| format!("shard {}: {}", s.index, r.message))
             .collect::<Vec<_>>()
             .join("; ");
-        let _ = versions;
         Ok(TaskProgress {
             step: step + 1,
             total_loss: total,
