@@ -111,3 +111,46 @@ fn unknown_schedule_is_a_usage_error() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("parallel or serial"), "{err}");
 }
+
+/// `--device cuda:0`: on a machine without CUDA a usage error naming what
+/// is missing and what to use instead; on a GPU machine the whole step on
+/// the GPU, with a finite loss (the command fails otherwise).
+#[test]
+fn device_cuda_trains_on_the_gpu_or_says_why_not() {
+    let o = Command::new(env!("CARGO_BIN_EXE_psflow"))
+        .args([
+            "bench",
+            "train",
+            "--model",
+            "mobilenet",
+            "--alpha",
+            "0.25",
+            "--batch-size",
+            "8",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--device",
+            "cuda:0",
+            "--json",
+        ])
+        .output()
+        .expect("psflow runs");
+    match psflow_kernels::cuda::cuda_device_count() {
+        Ok(n) if n > 0 => {
+            ok(&o);
+            let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(v["device"], "cuda:0");
+            assert!(v["images_per_sec"].as_f64().unwrap() > 0.0, "{v}");
+        }
+        _ => {
+            assert_eq!(o.status.code(), Some(2), "{o:?}");
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(
+                err.contains("--device cuda:0") && err.contains("use --device cpu"),
+                "{err}"
+            );
+        }
+    }
+}

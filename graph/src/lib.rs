@@ -12,6 +12,7 @@
 
 mod attrs;
 pub mod autodiff;
+pub mod cuda;
 pub mod dtype;
 mod error;
 pub mod executor;

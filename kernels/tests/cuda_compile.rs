@@ -116,6 +116,7 @@ fn reductions_and_gathers_use_no_atomics() {
         Source::BatchNorm,
         Source::Depthwise,
         Source::Elementwise,
+        Source::Conv,
     ] {
         for arch in ARCHS {
             let ptx = nvrtc::compile_cached(source, arch).unwrap().ptx.clone();

@@ -44,9 +44,9 @@ type PlanKey = (Vec<TensorName>, Vec<TensorName>, Vec<String>);
 
 pub struct Session {
     graph: Arc<Graph>,
-    kernels: Vec<Box<dyn OpKernel>>,
+    pub(crate) kernels: Vec<Box<dyn OpKernel>>,
     order: Vec<usize>,
-    infos: Vec<Vec<TensorInfo>>,
+    pub(crate) infos: Vec<Vec<TensorInfo>>,
     resources: Arc<ResourceStore>,
     plans: Mutex<HashMap<PlanKey, Arc<Plan>>>,
     rendezvous: Option<Arc<dyn Rendezvous>>,
@@ -210,7 +210,7 @@ impl Session {
         run::execute(self, &plan, slots, profile, rendezvous)
     }
 
-    fn plan(
+    pub(crate) fn plan(
         &self,
         feeds: Vec<TensorName>,
         fetches: &[TensorName],
@@ -253,7 +253,7 @@ impl Session {
 
     /// Checks a fed tensor against what the graph declares: its shape must
     /// fit, its dtype must match or convert without loss.
-    fn check_feed(&self, name: &TensorName, t: &Tensor) -> Result<Tensor> {
+    pub(crate) fn check_feed(&self, name: &TensorName, t: &Tensor) -> Result<Tensor> {
         let info = self.tensor_info(name).expect("plan checked the feed");
         let node = self.graph.node(&name.node).expect("plan checked the feed");
         let declared = if node.op.starts_with("Placeholder") {

@@ -9,7 +9,7 @@
 mod array;
 mod grad_ops;
 mod math;
-mod nn;
+pub(crate) mod nn;
 mod random;
 mod sendrecv;
 mod state;

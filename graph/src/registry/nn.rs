@@ -50,7 +50,7 @@ pub(super) fn register(r: &mut Registry) {
 
 /// Attributes shared by Conv2D, DepthwiseConv2dNative and their gradients;
 /// settings that would change results and are unsupported are errors.
-fn conv_params(node: &Node) -> Result<Conv2dParams> {
+pub(crate) fn conv_params(node: &Node) -> Result<Conv2dParams> {
     node.require_f32("T")?;
     node.require_nhwc()?;
     node.require_no_dilation()?;
@@ -341,7 +341,7 @@ fn activation_grad(node: &Node) -> Built {
     )
 }
 
-fn pool_params(node: &Node) -> Result<PoolParams> {
+pub(crate) fn pool_params(node: &Node) -> Result<PoolParams> {
     node.require_f32("T")?;
     node.require_nhwc()?;
     Ok(PoolParams {

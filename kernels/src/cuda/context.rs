@@ -69,6 +69,25 @@ impl DeviceTensor {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The same buffer under another shape of as many elements
+    /// (`Reshape`, `Squeeze`, `ExpandDims`: no copy).
+    pub fn reshape(self, shape: Vec<usize>) -> Result<DeviceTensor> {
+        if crate::num_elements(&shape) != self.len() {
+            return Err(Error::shape(
+                "Reshape",
+                format!(
+                    "a device tensor of shape {:?} ({} elements) cannot take shape {shape:?}",
+                    self.shape,
+                    self.len()
+                ),
+            ));
+        }
+        Ok(DeviceTensor {
+            shape,
+            buf: self.buf,
+        })
+    }
 }
 
 pub(crate) fn driver_err(op: &'static str) -> impl Fn(DriverError) -> Error {
@@ -228,6 +247,20 @@ impl CudaDevice {
         Tensor::new(t.shape.clone(), values)
     }
 
+    /// A copy of `t` in a new pooled buffer (device to device, queued on
+    /// the stream).
+    pub fn copy(&self, t: &DeviceTensor) -> Result<DeviceTensor> {
+        let mut out = self.uninit(t.shape.clone())?;
+        let n = t.len();
+        if n > 0 {
+            let mut dst = out.buf.slice_mut(0..n);
+            self.stream
+                .memcpy_dtod(&t.buf.slice(0..n), &mut dst)
+                .map_err(driver_err("cuMemcpyDtoD"))?;
+        }
+        Ok(out)
+    }
+
     /// A zero-filled pooled buffer of at least `len` floats (scratch).
     pub(crate) fn alloc(&self, len: usize) -> Result<PooledBuf> {
         let mut buf = self.pool.take(len)?;
@@ -238,7 +271,7 @@ impl CudaDevice {
     }
 
     /// A zero-filled device tensor of `shape`.
-    pub(crate) fn zeros(&self, shape: Vec<usize>) -> Result<DeviceTensor> {
+    pub fn zeros(&self, shape: Vec<usize>) -> Result<DeviceTensor> {
         let buf = self.alloc(crate::num_elements(&shape))?;
         Ok(DeviceTensor { shape, buf })
     }

@@ -27,10 +27,11 @@ pub enum Source {
     Reduce,
     AvgPool,
     Softmax,
+    Conv,
 }
 
 impl Source {
-    pub const ALL: [Source; 8] = [
+    pub const ALL: [Source; 9] = [
         Source::Depthwise,
         Source::Pointwise,
         Source::BatchNorm,
@@ -39,6 +40,7 @@ impl Source {
         Source::Reduce,
         Source::AvgPool,
         Source::Softmax,
+        Source::Conv,
     ];
 
     /// Index into per-device module tables.
@@ -57,6 +59,7 @@ impl Source {
             Source::Reduce => "reduce.cu",
             Source::AvgPool => "avgpool.cu",
             Source::Softmax => "softmax.cu",
+            Source::Conv => "conv.cu",
         }
     }
 
@@ -71,6 +74,7 @@ impl Source {
             Source::Reduce => include_str!("reduce.cu"),
             Source::AvgPool => include_str!("avgpool.cu"),
             Source::Softmax => include_str!("softmax.cu"),
+            Source::Conv => include_str!("conv.cu"),
         }
     }
 
@@ -110,6 +114,7 @@ impl Source {
             Source::Reduce => &["reduce_partial", "reduce_finalize"],
             Source::AvgPool => &["avg_pool_forward", "avg_pool_backward"],
             Source::Softmax => &["softmax_rows", "xent_sparse", "xent_dense"],
+            Source::Conv => &["conv_im2col", "conv_col2im"],
         }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod avgpool;
 pub mod batchnorm;
+pub mod conv;
 pub mod depthwise;
 pub mod elementwise;
 pub mod optim;

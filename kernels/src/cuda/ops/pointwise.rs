@@ -105,7 +105,7 @@ impl CudaDevice {
 
     /// `c[m×n] = op(a)·op(b)`, all row-major; shapes checked by the caller.
     #[allow(clippy::too_many_arguments)]
-    fn gemm_tf32(
+    pub(crate) fn gemm_tf32(
         &self,
         op: &'static str,
         a: &DeviceTensor,

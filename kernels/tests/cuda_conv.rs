@@ -1,0 +1,81 @@
+//! The general CUDA `Conv2D` (im2col + TF32 GEMM) and its gradients
+//! (GEMM + col2im; im2col + GEMM) against the CPU ops on awkward shapes:
+//! 3×3 stride 2 SAME (MobileNet's first layer), 2×5 stride 1 VALID, 1×1
+//! stride 2, odd sizes, batch 1. TF32 tolerance `3e-3 · max|cpu|`.
+//!
+//! Needs a CUDA GPU, so `#[ignore]`d: `PSFLOW_CUDA_TESTS=1 scripts/test`
+//! or `cargo test -p psflow-kernels --test cuda_conv -- --ignored`; without
+//! a GPU that way it fails. Status: NOT yet run on a GPU (docs/cuda.md).
+
+use psflow_kernels::cuda::CudaDevice;
+use psflow_kernels::ops::conv;
+use psflow_kernels::{Conv2dParams, Padding, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const TF32_TOL: f32 = 3e-3;
+
+fn random(rng: &mut StdRng, shape: &[usize]) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::new(
+        shape.to_vec(),
+        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
+    )
+    .unwrap()
+}
+
+fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
+    assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    let (g, w) = (got.f32s("test").unwrap(), want.f32s("test").unwrap());
+    let scale = w.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+    let worst = g
+        .iter()
+        .zip(w)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst <= TF32_TOL * scale,
+        "{what}: max |gpu − cpu| {worst} > {TF32_TOL} × {scale}"
+    );
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: PSFLOW_CUDA_TESTS=1 scripts/test"]
+fn conv2d_and_its_gradients_match_the_cpu() {
+    let gpu = CudaDevice::new(0).unwrap_or_else(|e| panic!("this test needs a CUDA GPU: {e}"));
+    let mut rng = StdRng::seed_from_u64(5);
+    // (input NHWC, filter HWIO, strides, padding)
+    let cases: [([usize; 4], [usize; 4], [usize; 2], Padding); 5] = [
+        ([4, 32, 32, 3], [3, 3, 3, 16], [2, 2], Padding::Same),
+        ([1, 7, 9, 5], [2, 5, 5, 6], [1, 1], Padding::Valid),
+        ([2, 9, 9, 4], [1, 1, 4, 7], [2, 2], Padding::Same),
+        ([3, 8, 8, 33], [3, 3, 33, 65], [1, 1], Padding::Same),
+        ([2, 6, 5, 2], [3, 3, 2, 3], [2, 1], Padding::Valid),
+    ];
+    for (x_shape, f_shape, strides, padding) in cases {
+        let p = Conv2dParams { strides, padding };
+        let what = format!("x {x_shape:?} f {f_shape:?} s {strides:?} {padding:?}");
+        let (x, f) = (random(&mut rng, &x_shape), random(&mut rng, &f_shape));
+        let y = conv::conv2d(&x, &f, &p).unwrap();
+        let (dx_, df_) = (gpu.upload(&x).unwrap(), gpu.upload(&f).unwrap());
+        let got = gpu.conv2d(&dx_, &df_, &p).unwrap();
+        assert_close(&format!("Conv2D {what}"), &gpu.download(&got).unwrap(), &y);
+
+        let dy = random(&mut rng, y.shape());
+        let ddy = gpu.upload(&dy).unwrap();
+        let want = conv::conv2d_backprop_input(x_shape, &f, &dy, &p).unwrap();
+        let got = gpu.conv2d_backprop_input(x_shape, &df_, &ddy, &p).unwrap();
+        assert_close(
+            &format!("Conv2DBackpropInput {what}"),
+            &gpu.download(&got).unwrap(),
+            &want,
+        );
+        let want = conv::conv2d_backprop_filter(&x, f_shape, &dy, &p).unwrap();
+        let got = gpu.conv2d_backprop_filter(&dx_, f_shape, &ddy, &p).unwrap();
+        assert_close(
+            &format!("Conv2DBackpropFilter {what}"),
+            &gpu.download(&got).unwrap(),
+            &want,
+        );
+    }
+}
