@@ -312,9 +312,10 @@ impl CudaSession {
             )
             .map_err(|e| Error::kernel(&node.name, &node.op, e))?
         };
+        // Through a pinned staging buffer: queued, the host goes on.
         let d = Arc::new(
             self.device
-                .upload(&t)
+                .upload_async(&t)
                 .map_err(|e| Error::kernel(&node.name, &node.op, e))?,
         );
         let mut c = self.counts.lock().expect("counts lock");
