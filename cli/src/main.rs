@@ -99,6 +99,9 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Time the MobileNet-shaped CUDA kernels on a GPU (events, medians)
+    /// next to the card's measured copy bandwidth and SGEMM rate.
+    Cuda(bench::cuda::BenchCudaArgs),
     /// Training images/s of a zoo model on random tensors (no input pipeline).
     Train(bench::train::BenchTrainArgs),
     /// Push + pull of parameters through a loopback parameter server, next
@@ -165,6 +168,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Status(args) => user_result(commands::jobs::run_status(&args)),
         Command::Cancel(args) => user_result(commands::jobs::run_cancel(&args)),
         Command::Logs(args) => user_result(commands::jobs::run_logs(&args)),
+        Command::Bench(BenchCommand::Cuda(args)) => user_result(bench::cuda::run(&args)),
         Command::Bench(BenchCommand::Train(args)) => user_result(bench::train::run(&args)),
         Command::Bench(BenchCommand::Transfer(args)) => user_result(bench::transfer::run(&args)),
         Command::Bench(BenchCommand::Kernels {

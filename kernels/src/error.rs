@@ -30,6 +30,14 @@ pub enum Error {
     #[error("device {device} is not available: {reason}")]
     DeviceUnavailable { device: String, reason: String },
 
+    /// An optional CUDA library (cuBLAS) that was asked for cannot be
+    /// loaded: which, what was searched and what to set.
+    #[error("{library} is not available: {reason}")]
+    LibraryUnavailable {
+        library: &'static str,
+        reason: String,
+    },
+
     /// A CUDA call failed (driver, NVRTC): what was being done and why.
     #[error("{op}: CUDA error: {detail}")]
     Cuda { op: &'static str, detail: String },

@@ -15,6 +15,9 @@ use rand::{Rng, SeedableRng};
 
 const TF32_TOL: f32 = 3e-3;
 
+/// (input NHWC, filter HWIO, strides, padding).
+type Case = ([usize; 4], [usize; 4], [usize; 2], Padding);
+
 fn random(rng: &mut StdRng, shape: &[usize]) -> Tensor {
     let n = shape.iter().product();
     Tensor::new(
@@ -44,8 +47,7 @@ fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
 fn conv2d_and_its_gradients_match_the_cpu() {
     let gpu = CudaDevice::new(0).unwrap_or_else(|e| panic!("this test needs a CUDA GPU: {e}"));
     let mut rng = StdRng::seed_from_u64(5);
-    // (input NHWC, filter HWIO, strides, padding)
-    let cases: [([usize; 4], [usize; 4], [usize; 2], Padding); 5] = [
+    let cases: [Case; 5] = [
         ([4, 32, 32, 3], [3, 3, 3, 16], [2, 2], Padding::Same),
         ([1, 7, 9, 5], [2, 5, 5, 6], [1, 1], Padding::Valid),
         ([2, 9, 9, 4], [1, 1, 4, 7], [2, 2], Padding::Same),

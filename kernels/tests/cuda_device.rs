@@ -59,3 +59,32 @@ fn a_misspelt_device_lists_the_accepted_forms() {
     let err = pick_device("gpu:0").unwrap_err().to_string();
     assert!(err.contains("`auto`, `cpu` or `cuda:N`"), "{err}");
 }
+
+#[test]
+fn cublas_is_probed_and_its_absence_is_a_clear_error() {
+    // cuBLAS is asked for only by the comparison GEMM (matmul_cublas,
+    // `psflow bench cuda`); without it the error names the library, where
+    // it was looked for and the variable that names a file directly.
+    match cuda::cublas::available() {
+        Ok(()) => {}
+        Err(err) => {
+            let Error::LibraryUnavailable { library, reason } = &err else {
+                panic!("expected LibraryUnavailable, got {err:?}");
+            };
+            assert_eq!(*library, "cuBLAS");
+            let msg = err.to_string();
+            assert!(
+                msg.starts_with("cuBLAS is not available: libcublas.so.12 not found"),
+                "{msg}"
+            );
+            assert!(reason.contains("PSFLOW_CUBLAS_LIB"), "{msg}");
+            assert!(!msg.contains('\n'), "one line: {msg}");
+        }
+    }
+    // Without CUDA there is no device to ask cuBLAS on at all: opening one
+    // is the DeviceUnavailable error, not a panic.
+    if cuda::cuda_device_count().is_err() {
+        let err = CudaDevice::new(0).unwrap_err();
+        assert!(matches!(err, Error::DeviceUnavailable { .. }), "{err:?}");
+    }
+}

@@ -1,7 +1,8 @@
 //! Every CUDA op against the CPU op (the oracle) on awkward shapes: odd
 //! sizes, channel counts that are not multiples of 32, multipliers > 1,
 //! strides 1 and 2, SAME and VALID, batch 1. Tolerances: f32 kernels
-//! max|gpu − cpu| ≤ 1e-5 · max|cpu|; TF32 kernels (pointwise) 3e-3;
+//! max|gpu − cpu| ≤ 1e-5 · max|cpu| (cuBLAS's f32 SGEMM too); TF32 kernels
+//! (pointwise, cuBLAS in TF32 mode) 3e-3;
 //! optimizers and exactly rounded element-wise ops bit for bit. The pool
 //! tests check a repeated step allocates nothing new from the driver.
 //!
@@ -15,6 +16,7 @@
 
 use std::sync::{Arc, OnceLock};
 
+use psflow_kernels::cuda::cublas::CublasMath;
 use psflow_kernels::cuda::ops::depthwise::DepthwisePath;
 use psflow_kernels::cuda::CudaDevice;
 use psflow_kernels::ops::{
@@ -219,6 +221,88 @@ fn matmul_tf32_matches_cpu_with_every_transpose() {
             TF32_TOL,
         );
     }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: PSFLOW_CUDA_TESTS=1 scripts/test"]
+fn matmul_cublas_matches_cpu_and_our_tf32_gemm() {
+    let dev = gpu();
+    let mut rng = StdRng::seed_from_u64(9);
+    // (m, n, k): odd sizes, a single row/column, k = 1, a long k, and the
+    // shape of the MobileNet pointwise layer at stage 2 (rows × c × 2c).
+    let shapes = [
+        (67, 45, 129),
+        (1, 1, 1),
+        (130, 3, 257),
+        (5, 1000, 7),
+        (1, 77, 1024),
+        (2048, 256, 128),
+    ];
+    for (m, n, k) in shapes {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let a = random(&mut rng, &if ta { [k, m] } else { [m, k] });
+            let b = random(&mut rng, &if tb { [n, k] } else { [k, n] });
+            let want = matmul::matmul(&a, &b, ta, tb).unwrap();
+            let (da, db) = (dev.upload(&a).unwrap(), dev.upload(&b).unwrap());
+            let what = format!("{m}×{n}×{k} ta={ta} tb={tb}");
+            let f32 = dev.matmul_cublas(&da, &db, ta, tb).unwrap();
+            let f32 = dev.download(&f32).unwrap();
+            assert_close(&format!("cuBLAS f32 {what}"), &f32, &want, F32_TOL);
+            let tf32 = dev
+                .matmul_cublas_with(&da, &db, ta, tb, CublasMath::Tf32)
+                .unwrap();
+            let tf32 = dev.download(&tf32).unwrap();
+            assert_close(&format!("cuBLAS tf32 {what}"), &tf32, &want, TF32_TOL);
+            let ours = dev
+                .download(&dev.matmul_tf32(&da, &db, ta, tb).unwrap())
+                .unwrap();
+            assert_close(
+                &format!("ours vs cuBLAS tf32 {what}"),
+                &ours,
+                &tf32,
+                2.0 * TF32_TOL,
+            );
+        }
+    }
+    // An empty inner size gives zeros, as on the CPU.
+    let (a, b) = (random(&mut rng, &[3, 0]), random(&mut rng, &[0, 4]));
+    let got = dev
+        .matmul_cublas(
+            &dev.upload(&a).unwrap(),
+            &dev.upload(&b).unwrap(),
+            false,
+            false,
+        )
+        .unwrap();
+    assert_eq!(
+        dev.download(&got).unwrap(),
+        matmul::matmul(&a, &b, false, false).unwrap()
+    );
+    // Shape errors are matmul_tf32's.
+    let (a, b) = (
+        dev.upload(&random(&mut rng, &[4, 5])).unwrap(),
+        dev.upload(&random(&mut rng, &[6, 7])).unwrap(),
+    );
+    let err = dev
+        .matmul_cublas(&a, &b, false, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("inner sizes 5 and 6 differ"), "{err}");
+    let ours = dev
+        .matmul_tf32(&a, &b, false, false)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err.replace("MatMul (cuBLAS)", "MatMul"),
+        ours,
+        "the same shape rules as matmul_tf32"
+    );
+    let v = dev.upload(&random(&mut rng, &[4])).unwrap();
+    let err = dev
+        .matmul_cublas(&v, &b, false, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("a must be a matrix, got shape [4]"), "{err}");
 }
 
 #[test]

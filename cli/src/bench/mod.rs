@@ -1,6 +1,7 @@
 //! `psflow bench …`: measurements printed as a table for people or JSON
 //! for programs (the peer comparisons in `benchmarks/peers/` read the JSON).
 
+pub mod cuda;
 pub mod kernels;
 pub mod machine;
 pub mod profile;

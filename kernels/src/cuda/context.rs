@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DriverError};
 use cudarc::nvrtc::Ptx;
 
+use super::cublas::BlasHandles;
 use super::library::{self, Library};
 use super::nvrtc::{self, Arch, Source};
 use super::pool::{DevicePool, PoolStats, PooledBuf};
@@ -34,6 +35,8 @@ pub struct CudaDevice {
     pool: Arc<DevicePool>,
     staging: Arc<Staging>,
     modules: Mutex<[Option<Arc<CudaModule>>; Source::ALL.len()]>,
+    /// cuBLAS handles, created by the first cuBLAS call ([`super::cublas`]).
+    blas: BlasHandles,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -144,6 +147,7 @@ impl CudaDevice {
             staging: Staging::new(),
             stream,
             modules: Mutex::new(Default::default()),
+            blas: BlasHandles::default(),
         }))
     }
 
@@ -165,6 +169,10 @@ impl CudaDevice {
 
     pub(crate) fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
+    }
+
+    pub(crate) fn blas_handles(&self) -> &BlasHandles {
+        &self.blas
     }
 
     pub(crate) fn staging(&self) -> &Arc<Staging> {

@@ -2,8 +2,8 @@
 //! tiled GEMM on TF32 tensor cores (kernels/src/cuda/pointwise.cu).
 //!
 //! TF32 keeps 10 mantissa bits of each input: results are within about
-//! 1e-3 relative of an f32 GEMM (the tests allow 3e-3). A cuBLAS path for
-//! comparison (issue 5) is not built yet.
+//! 1e-3 relative of an f32 GEMM (the tests allow 3e-3). cuBLAS's SGEMM,
+//! for comparison, is in [`crate::cuda::cublas`].
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
@@ -29,29 +29,7 @@ impl CudaDevice {
         transpose_b: bool,
     ) -> Result<DeviceTensor> {
         const OP: &str = "MatMul";
-        let dims = |what: &str, t: &DeviceTensor| -> Result<[usize; 2]> {
-            <[usize; 2]>::try_from(t.shape()).map_err(|_| {
-                Error::shape(
-                    OP,
-                    format!("{what} must be a matrix, got shape {:?}", t.shape()),
-                )
-            })
-        };
-        let [ar, ac] = dims("a", a)?;
-        let [br, bc] = dims("b", b)?;
-        let (m, k) = if transpose_a { (ac, ar) } else { (ar, ac) };
-        let (kb, n) = if transpose_b { (bc, br) } else { (br, bc) };
-        if k != kb {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "a {:?} (transpose {transpose_a}) times b {:?} (transpose {transpose_b}): \
-                     inner sizes {k} and {kb} differ",
-                    a.shape(),
-                    b.shape()
-                ),
-            ));
-        }
+        let [m, n, k] = matmul_dims(OP, a, b, transpose_a, transpose_b)?;
         let mut c = self.zeros(vec![m, n])?;
         self.gemm_tf32(OP, a, transpose_a, b, transpose_b, &mut c, [m, n, k])?;
         Ok(c)
@@ -158,6 +136,41 @@ impl CudaDevice {
         unsafe { launch.launch(cfg) }.map_err(driver_err(op))?;
         Ok(())
     }
+}
+
+/// `[m, n, k]` of `op(a)·op(b)` for 2-D `a`, `b` (TensorFlow's MatMul
+/// rules), or a shape error naming both shapes.
+pub(crate) fn matmul_dims(
+    op: &'static str,
+    a: &DeviceTensor,
+    b: &DeviceTensor,
+    transpose_a: bool,
+    transpose_b: bool,
+) -> Result<[usize; 3]> {
+    let dims = |what: &str, t: &DeviceTensor| -> Result<[usize; 2]> {
+        <[usize; 2]>::try_from(t.shape()).map_err(|_| {
+            Error::shape(
+                op,
+                format!("{what} must be a matrix, got shape {:?}", t.shape()),
+            )
+        })
+    };
+    let [ar, ac] = dims("a", a)?;
+    let [br, bc] = dims("b", b)?;
+    let (m, k) = if transpose_a { (ac, ar) } else { (ar, ac) };
+    let (kb, n) = if transpose_b { (bc, br) } else { (br, bc) };
+    if k != kb {
+        return Err(Error::shape(
+            op,
+            format!(
+                "a {:?} (transpose {transpose_a}) times b {:?} (transpose {transpose_b}): \
+                 inner sizes {k} and {kb} differ",
+                a.shape(),
+                b.shape()
+            ),
+        ));
+    }
+    Ok([m, n, k])
 }
 
 /// `(rows = n·h·w, c, o)` of a pointwise convolution, or a shape error.
