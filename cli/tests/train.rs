@@ -444,3 +444,49 @@ fn fashion_mnist_learns_in_2_epochs() {
         "Fashion-MNIST top-1 {top1} < 0.84 after 2 epochs: {s}"
     );
 }
+
+/// `--device cuda:0`: without CUDA a usage error that leaves no run
+/// directory behind; on a GPU machine a short run on the GPU whose summary
+/// names the device and whose loss is finite (the command fails otherwise).
+#[test]
+fn device_cuda_trains_on_the_gpu_or_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let data = dir.path().join("data");
+    let o = psflow(&[
+        "train",
+        "--model",
+        "mobilenet",
+        "--alpha",
+        "0.25",
+        "--resolution",
+        "16",
+        "--dataset",
+        "synthetic",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--steps",
+        "4",
+        "--batch-size",
+        "16",
+        "--out",
+        run.to_str().unwrap(),
+        "--progress",
+        "plain",
+        "--device",
+        "cuda:0",
+    ]);
+    match psflow_kernels::cuda::cuda_device_count() {
+        Ok(n) if n > 0 => {
+            ok(&o);
+            let s = read_json(&run.join("summary.json"));
+            assert!(s["device"].as_str().unwrap().starts_with("cuda:0"), "{s}");
+            assert!(s["top1"].as_f64().unwrap() >= 0.0);
+        }
+        _ => {
+            assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+            assert!(stderr(&o).contains("use --device cpu"), "{}", stderr(&o));
+            assert!(!run.exists(), "a refused run left {}", run.display());
+        }
+    }
+}

@@ -4,18 +4,17 @@
 //! each timed step is timed on its own, so the JSON has the median and
 //! spread as well as the mean. `--profile` times every kernel of one more
 //! step ([`super::profile`]). `--device cuda:N` runs the whole step on a
-//! GPU ([`CudaSession`]).
+//! GPU (`psflow_graph::cuda::CudaSession`).
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::Args;
-use psflow_graph::cuda::CudaSession;
 use psflow_graph::train::optimizer::{MomentumConfig, Optimizer, RmsPropConfig, SgdConfig};
 use psflow_graph::train::schedule::{ConstantLr, LrSchedule};
 use psflow_graph::zoo::Architecture;
-use psflow_graph::{Registry, ResourceStore, Schedule, Tensor};
+use psflow_graph::{Schedule, Tensor};
 use psflow_kernels::cuda::device::{pick_device, Device};
 use psflow_kernels::cuda::CudaDevice;
 use psflow_worker::data::rng::Rng;
@@ -132,45 +131,44 @@ pub fn run(args: &BenchTrainArgs) -> std::result::Result<(), (bool, anyhow::Erro
     cfg.model_spec(true)
         .and_then(|s| s.build().map_err(|e| anyhow!("{e}")))
         .map_err(usage)?;
-    let choice =
-        pick_device(&args.device).map_err(|e| usage(anyhow!("--device {}: {e}", args.device)))?;
-    let gpu = match choice.device {
-        Device::Cpu => None,
-        Device::Cuda(n) => {
-            if args.profile {
-                return Err(usage(anyhow!(
-                    "--profile times CPU kernels; it does not apply to --device {}",
-                    args.device
-                )));
-            }
-            Some(CudaDevice::new(n).map_err(|e| usage(anyhow!("--device {}: {e}", args.device)))?)
-        }
-    };
-    if !args.json {
-        eprintln!("device: {} ({})", choice.device, choice.reason);
+    let gpu = gpu_for(&args.device).map_err(usage)?;
+    if gpu.is_some() && args.profile {
+        return Err(usage(anyhow!(
+            "--profile times CPU kernels; it does not apply to --device {}",
+            args.device
+        )));
     }
     bench(args, &cfg, gpu).map_err(|e| (false, e))
 }
 
+/// The CUDA device `--device` asks for (`None`: the CPU), said on stderr;
+/// an unavailable `cuda:N` is an error naming what is missing.
+pub fn gpu_for(flag: &str) -> Result<Option<Arc<CudaDevice>>> {
+    let choice = pick_device(flag).map_err(|e| anyhow!("--device {flag}: {e}"))?;
+    let gpu = match choice.device {
+        Device::Cpu => None,
+        Device::Cuda(n) => Some(CudaDevice::new(n).map_err(|e| anyhow!("--device {flag}: {e}"))?),
+    };
+    match &gpu {
+        Some(d) => eprintln!(
+            "device: cuda:{} {} ({})",
+            d.ordinal(),
+            d.name(),
+            choice.reason
+        ),
+        None if flag != "cpu" => eprintln!("device: cpu ({})", choice.reason),
+        None => {}
+    }
+    Ok(gpu)
+}
+
 fn bench(args: &BenchTrainArgs, cfg: &RunConfig, gpu: Option<Arc<CudaDevice>>) -> Result<()> {
-    let trainer = Trainer::build(cfg)?;
+    let mut trainer = Trainer::build(cfg)?;
     trainer.init()?;
     let device_name = gpu.as_ref().map(|d| d.name().to_string());
-    let cuda = match gpu {
-        Some(d) => {
-            let s = CudaSession::new(
-                trainer.model.graph.clone(),
-                &Registry::standard(),
-                Arc::new(ResourceStore::new()),
-                d,
-            )
-            .context("preparing the training graph for the GPU")?;
-            s.load_variables(&trainer.store)
-                .context("copying the variables to the GPU")?;
-            Some(s)
-        }
-        None => None,
-    };
+    if let Some(d) = gpu {
+        trainer.use_gpu(d)?;
+    }
     let (b, r) = (args.batch_size, args.resolution);
     let mut rng = Rng::new(7);
     let images: Vec<f32> = (0..b * r * r * 3).map(|_| rng.normal()).collect();
@@ -185,32 +183,7 @@ fn bench(args: &BenchTrainArgs, cfg: &RunConfig, gpu: Option<Arc<CudaDevice>>) -
         }
         Ok(())
     };
-    let step = || -> Result<()> {
-        match &cuda {
-            None => finite(&trainer.step(images.clone(), labels.clone(), 0.01)?),
-            Some(s) => {
-                let feeds = [
-                    (trainer.model.input.clone(), images.clone()),
-                    (
-                        trainer.model.labels.clone().expect("a training model"),
-                        labels.clone(),
-                    ),
-                    (trainer.graph.learning_rate.clone(), Tensor::scalar(0.01f32)),
-                ];
-                // Fetching the loss waits for the step's kernels.
-                let out = s.run(
-                    &feeds,
-                    std::slice::from_ref(&trainer.graph.total_loss),
-                    std::slice::from_ref(&trainer.graph.train_op),
-                )?;
-                let loss = out[0].scalar_value::<f32>("loss")?;
-                if !loss.is_finite() {
-                    bail!("the loss is not finite: {loss}");
-                }
-                Ok(())
-            }
-        }
-    };
+    let step = || -> Result<()> { finite(&trainer.step(images.clone(), labels.clone(), 0.01)?) };
     for _ in 0..args.warmup {
         step()?;
     }

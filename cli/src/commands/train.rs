@@ -116,6 +116,11 @@ pub struct TrainArgs {
     /// auto, bar, plain or quiet.
     #[arg(long, default_value = "auto", value_parser = ["auto", "bar", "plain", "quiet"])]
     pub progress: String,
+    /// cpu, auto (a CUDA GPU when the driver reports one, else the CPU) or
+    /// cuda:N. The GPU path has not run on hardware yet (docs/cuda.md), so
+    /// the default stays cpu.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Train on a cluster inside this process (loopback gRPC, in-memory
     /// membership) with this many workers, each taking --batch-size.
     #[arg(long)]
@@ -237,6 +242,13 @@ pub fn run(args: &TrainArgs) -> std::result::Result<(), (bool, anyhow::Error)> {
         return Err(usage(anyhow!("--eval-batch-size must be at least 1")));
     }
     if args.workers.is_some() || args.ps.is_some() {
+        if args.device != "cpu" {
+            return Err(usage(anyhow!(
+                "--device {}: the in-process cluster (--workers/--ps) trains on the CPU; \
+                 drop --device or the cluster flags",
+                args.device
+            )));
+        }
         return super::train_cluster::run(args, cfg);
     }
     let kind = cfg.dataset_kind().map_err(usage)?;
@@ -259,6 +271,8 @@ pub fn run(args: &TrainArgs) -> std::result::Result<(), (bool, anyhow::Error)> {
         (None, Some(e)) => ((e * steps_per_epoch as f64).round() as u64).max(1),
         (None, None) => unreachable!("clap requires one"),
     };
+    // Before the run directory exists: a missing GPU leaves nothing behind.
+    let gpu = crate::bench::train::gpu_for(&args.device).map_err(usage)?;
     let run_dir = RunDir::create(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))
         .map_err(usage)?;
@@ -270,7 +284,7 @@ pub fn run(args: &TrainArgs) -> std::result::Result<(), (bool, anyhow::Error)> {
             args.out.display()
         )));
     }
-    let trainer = Trainer::build(&cfg).map_err(usage)?;
+    let mut trainer = Trainer::build(&cfg).map_err(usage)?;
     let mut resumed_from = None;
     match existing {
         Some((ckpt, tensors, manifest)) => {
@@ -288,6 +302,9 @@ pub fn run(args: &TrainArgs) -> std::result::Result<(), (bool, anyhow::Error)> {
             resumed_from = Some(trainer.global_step().map_err(usage)?);
         }
         None => trainer.init().map_err(usage)?,
+    }
+    if let Some(device) = gpu {
+        trainer.use_gpu(device).map_err(usage)?;
     }
     let start = resumed_from.unwrap_or(0);
     if start > total {
@@ -477,7 +494,16 @@ fn train_loop(
         resumed_from_step: (start > 0).then_some(start),
         threads: psflow_kernels::threads::current() as u32,
         psflow_version: env!("CARGO_PKG_VERSION").into(),
-        extra: Default::default(),
+        extra: [(
+            "device".to_string(),
+            json!(trainer.gpu().map_or("cpu".to_string(), |d| format!(
+                "cuda:{} ({})",
+                d.ordinal(),
+                d.name()
+            ))),
+        )]
+        .into_iter()
+        .collect(),
     };
     summary.write(&run_dir.summary())?;
     Ok(())

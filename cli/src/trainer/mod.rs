@@ -14,9 +14,11 @@ mod config;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
+use psflow_graph::cuda::CudaSession;
 use psflow_graph::train::builder::{build_training_graph, TrainConfig, TrainGraph, TrainableVar};
 use psflow_graph::zoo::Model;
 use psflow_graph::{Profile, Registry, ResourceStore, Schedule, Session, Tensor};
+use psflow_kernels::cuda::CudaDevice;
 use psflow_worker::data::Dataset;
 use psflow_worker::run::{Checkpoint, Losses};
 
@@ -30,6 +32,10 @@ pub struct Trainer {
     pub infer_model: Model,
     pub infer: Session,
     pub store: Arc<ResourceStore>,
+    /// Set by [`use_gpu`](Self::use_gpu): the training and inference
+    /// graphs on a CUDA device, whose float32 variables are the current
+    /// ones (the store's copies are refreshed by [`sync_host`](Self::sync_host)).
+    gpu: Option<(CudaSession, CudaSession)>,
 }
 
 /// What one training step returns.
@@ -87,7 +93,52 @@ impl Trainer {
             infer_model,
             infer,
             store,
+            gpu: None,
         })
+    }
+
+    /// Moves training (and evaluation) onto `device`: the variables as
+    /// they are now (after [`init`](Self::init) or
+    /// [`restore`](Self::restore)) are copied there and stay there.
+    pub fn use_gpu(&mut self, device: Arc<CudaDevice>) -> Result<()> {
+        let registry = Registry::standard();
+        let train = CudaSession::new(
+            self.model.graph.clone(),
+            &registry,
+            self.store.clone(),
+            device.clone(),
+        )
+        .context("preparing the training graph for the GPU")?;
+        train
+            .load_variables(&self.store)
+            .context("copying the variables to the GPU")?;
+        let infer = CudaSession::new(
+            self.infer_model.graph.clone(),
+            &registry,
+            self.store.clone(),
+            device,
+        )
+        .context("preparing the inference graph for the GPU")?;
+        self.gpu = Some((train, infer));
+        Ok(())
+    }
+
+    /// The CUDA device training runs on, if any.
+    pub fn gpu(&self) -> Option<&Arc<CudaDevice>> {
+        self.gpu.as_ref().map(|(t, _)| t.device())
+    }
+
+    /// Copies the GPU's variables back into the store (a no-op on the CPU).
+    pub fn sync_host(&self) -> Result<()> {
+        if let Some((train, _)) = &self.gpu {
+            for (name, t) in train
+                .variables()
+                .context("copying the variables from the GPU")?
+            {
+                self.store.set(&name, t);
+            }
+        }
+        Ok(())
     }
 
     /// Runs `init`: every variable to its initial value, global_step 0.
@@ -145,7 +196,15 @@ impl Trainer {
             self.model.logits.clone(),
         ];
         let targets = std::slice::from_ref(&self.graph.train_op);
-        let (out, profile) = if let Some(schedule) = profile {
+        let (out, profile) = if let Some((gpu, _)) = &self.gpu {
+            if profile.is_some() {
+                bail!("per-kernel profiles are of CPU steps; this trainer runs on the GPU");
+            }
+            let out = gpu
+                .run(&feeds, &fetches, targets)
+                .context("training step on the GPU")?;
+            (out, None)
+        } else if let Some(schedule) = profile {
             let (out, p) = self
                 .session
                 .run_profiled(&feeds, &fetches, targets, schedule)
@@ -178,12 +237,42 @@ impl Trainer {
         data: Arc<Dataset>,
         batch_size: usize,
     ) -> Result<EvalResult> {
-        evaluate(&self.infer, &self.infer_model, cfg, data, batch_size)
+        let Some((train, infer)) = &self.gpu else {
+            return evaluate(&self.infer, &self.infer_model, cfg, data, batch_size);
+        };
+        // The inference graph reads the training graph's current variables.
+        let current = ResourceStore::new();
+        for (name, t) in train
+            .variables()
+            .context("copying the variables from the GPU")?
+        {
+            current.set(&name, t);
+        }
+        infer
+            .load_variables(&current)
+            .context("copying the variables to the GPU's inference graph")?;
+        let augment = cfg.augment(&data)?;
+        let (input, logits) = (&self.infer_model.input, &self.infer_model.logits);
+        psflow_worker::task::evaluate_split_with(
+            |images| {
+                let mut out = infer.run(
+                    &[(input.clone(), images)],
+                    std::slice::from_ref(logits),
+                    &[],
+                )?;
+                Ok(out.remove(0))
+            },
+            data,
+            &augment,
+            batch_size,
+        )
+        .context("evaluation on the GPU")
     }
 
     /// Every entry of the store (variables, slots, global_step, random
     /// counters), sorted by name.
     pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        self.sync_host()?;
         state_of(&self.store)
     }
 

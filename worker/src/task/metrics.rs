@@ -29,6 +29,29 @@ pub fn evaluate_split(
     augment: &AugmentConfig,
     batch_size: usize,
 ) -> Result<EvalResult> {
+    evaluate_split_with(
+        |images| {
+            let mut out = session.run(
+                &[(input.clone(), images)],
+                std::slice::from_ref(logits),
+                &[],
+            )?;
+            Ok(out.remove(0))
+        },
+        data,
+        augment,
+        batch_size,
+    )
+}
+
+/// [`evaluate_split`] with the logits of a batch computed by `logits_of`
+/// (a CPU session, or a model on a GPU).
+pub fn evaluate_split_with(
+    mut logits_of: impl FnMut(Tensor) -> Result<Tensor>,
+    data: Arc<Dataset>,
+    augment: &AugmentConfig,
+    batch_size: usize,
+) -> Result<EvalResult> {
     let mut pc = PipelineConfig::eval(batch_size);
     pc.augment = augment.for_eval();
     let mut pipeline = Pipeline::new(data, pc)?;
@@ -37,15 +60,11 @@ pub fn evaluate_split(
     while let Some(batch) = pipeline.next_batch()? {
         let Batch { images, labels, .. } = batch;
         let labels: Vec<i32> = labels.values::<i32>("labels")?.to_vec();
-        let out = session.run(
-            &[(input.clone(), images)],
-            std::slice::from_ref(logits),
-            &[],
-        )?;
-        let (c1, c5) = count_correct(&out[0], &labels)?;
+        let logits = logits_of(images)?;
+        let (c1, c5) = count_correct(&logits, &labels)?;
         r.top1 += c1 as f64;
         r.top5 += c5 as f64;
-        loss_sum += xent_sum(&out[0], &labels)?;
+        loss_sum += xent_sum(&logits, &labels)?;
         r.examples += labels.len();
     }
     if r.examples == 0 {

@@ -18,6 +18,6 @@ pub mod step;
 
 pub use error::{Result, TaskError};
 pub use eval::evaluate;
-pub use metrics::{count_correct, evaluate_split, EvalResult};
+pub use metrics::{count_correct, evaluate_split, evaluate_split_with, EvalResult};
 pub use service::{serve, WorkerService};
 pub use step::Task;
