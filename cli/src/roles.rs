@@ -17,6 +17,7 @@ use psflow_coordinator::job::{self, CoordinatorService, JobManager};
 use psflow_coordinator::membership::{
     EtcdMembership, MemberInfo, Membership, Registration, Role, MAX_TTL,
 };
+use psflow_kernels::cuda::CudaDevice;
 use psflow_worker::task::WorkerService;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -69,29 +70,27 @@ pub struct WorkerArgs {
     pub device: String,
 }
 
-/// The device a worker computes on, from `--device`. The CUDA kernels exist
-/// (`kernels::cuda`) but training does not run on them yet, so a worker
-/// computes on the CPU; it says so, and why, rather than pretend.
-fn pick_device(flag: &str) -> Result<&'static str> {
+/// The device a worker's training steps run on, from `--device`: the CPU,
+/// or a CUDA GPU opened now (so a worker that cannot use the GPU it was
+/// asked for fails at start, not at its first task). Said in the log.
+fn pick_device(flag: &str) -> Result<(String, Option<Arc<CudaDevice>>)> {
     use psflow_kernels::cuda::device::{pick_device, Device};
     let choice = pick_device(flag).map_err(|e| anyhow!("--device {flag}: {e}"))?;
     match choice.device {
         Device::Cpu => {
             tracing::info!("device: cpu ({})", choice.reason);
-            Ok("cpu")
+            Ok(("cpu".into(), None))
         }
-        Device::Cuda(n) if flag == "auto" => {
-            tracing::warn!(
-                "device: cpu — found cuda:{n} ({}), but psflow's training does not run on CUDA \
-                 yet (docs/cuda.md)",
+        Device::Cuda(n) => {
+            let gpu = CudaDevice::new(n).map_err(|e| anyhow!("--device {flag}: {e}"))?;
+            tracing::info!(
+                "device: cuda:{n} {} ({}); training steps run on the GPU \
+                 (not yet run on hardware: docs/cuda.md)",
+                gpu.name(),
                 choice.reason
             );
-            Ok("cpu")
+            Ok((format!("cuda:{n}"), Some(gpu)))
         }
-        Device::Cuda(n) => bail!(
-            "--device {flag}: cuda:{n} is present, but psflow's training does not run on CUDA \
-             yet (docs/cuda.md); use --device cpu or auto"
-        ),
     }
 }
 
@@ -149,7 +148,7 @@ async fn serve_role(
     role: Role,
     args: &RoleArgs,
     ttl: Duration,
-    device: Option<&'static str>,
+    device: Option<(String, Option<Arc<CudaDevice>>)>,
 ) -> Result<()> {
     let listen = args.listen.clone().unwrap_or_else(|| match role {
         Role::Coordinator => "127.0.0.1:7070".into(),
@@ -202,7 +201,10 @@ async fn serve_role(
                 .unwrap_or_default(),
         )),
         Role::Ps => Service::Ps,
-        Role::Worker => Service::Worker(WorkerService::new()),
+        Role::Worker => Service::Worker(match device.as_ref().and_then(|d| d.1.clone()) {
+            Some(gpu) => WorkerService::on_gpu(gpu),
+            None => WorkerService::new(),
+        }),
     };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let shutdown = async move {
@@ -214,8 +216,8 @@ async fn serve_role(
         .with_meta("version", env!("CARGO_PKG_VERSION"))
         .with_meta("pid", std::process::id().to_string())
         .with_meta("threads", psflow_kernels::threads::current().to_string());
-    if let Some(d) = device {
-        info = info.with_meta("device", d);
+    if let Some((d, _)) = &device {
+        info = info.with_meta("device", d.as_str());
     }
     let registration: Registration = membership
         .register(info, ttl)

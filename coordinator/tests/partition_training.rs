@@ -283,3 +283,60 @@ fn one_shard_without_splits_still_runs_the_step() {
     worker.run(&s.feeds, &[], &plan.worker_targets).unwrap();
     assert_eq!(r.queued(), plan.pushes.len());
 }
+
+/// The worker graph on a GPU (`CudaSession`, placement computed without
+/// one): the pulled variables go up as their `_Recv`s deliver them, every
+/// convolution and batch norm runs on the device, and the only device
+/// values read back on the host are the pushed tensors (one per `_Send`,
+/// what a parameter server needs) — nothing else leaves the device.
+#[test]
+fn on_a_gpu_the_worker_step_downloads_only_what_it_pushes() {
+    use psflow_graph::cuda::place::{self, Where};
+    let s = setup();
+    let plan = plan(&s, 2, 4 << 10);
+    let worker = Session::new(plan.worker.clone()).unwrap();
+    let feeds: Vec<TensorName> = s.feeds.iter().map(|(t, _)| t.clone()).collect();
+    let p = place::plan(
+        &worker,
+        &feeds,
+        std::slice::from_ref(&s.tg.total_loss),
+        &plan.worker_targets,
+    )
+    .unwrap();
+    let sends = plan
+        .worker
+        .nodes()
+        .iter()
+        .filter(|n| n.op == "_Send")
+        .count();
+    assert_eq!(sends, plan.pushes.len());
+    assert!(
+        p.downloads.iter().all(|t| t.op == "_Send"),
+        "{:#?}",
+        p.downloads
+    );
+    assert_eq!(p.downloads.len(), sends, "{:#?}", p.downloads);
+    for (name, op, w) in &p.nodes {
+        if [
+            "Conv2D",
+            "DepthwiseConv2dNative",
+            "FusedBatchNormV3",
+            "FusedBatchNormGradV3",
+        ]
+        .contains(&op.as_str())
+        {
+            assert_eq!(*w, Where::Device, "{name} ({op})");
+        }
+    }
+    let recvs = plan
+        .worker
+        .nodes()
+        .iter()
+        .filter(|n| n.op == "_Recv")
+        .count();
+    let pulled_up = p.uploads.iter().filter(|t| {
+        let producer = t.tensor.split(':').next().unwrap();
+        plan.worker.node(producer).is_some_and(|n| n.op == "_Recv")
+    });
+    assert!(pulled_up.count() <= recvs);
+}

@@ -148,7 +148,7 @@ fn bn_params(node: &Node) -> Result<BatchNormParams> {
 /// Runs `node` on the device.
 pub(super) fn run(
     s: &CudaSession,
-    _id: usize,
+    id: usize,
     node: &Node,
     inputs: Vec<Value>,
 ) -> Result<Vec<Value>> {
@@ -344,6 +344,81 @@ pub(super) fn run(
                 // x + 0 broadcast to the shape: exact for every finite x.
                 let zeros = a.k(d.zeros(shape))?;
                 vec![dev(a.k(d.binary(BinaryOp::Add, &x, &zeros))?)]
+            }
+        }
+        "ConcatV2" => {
+            let n_parts = n - 1;
+            let axis = a.ints(n_parts)?;
+            let parts: Vec<Arc<DeviceTensor>> =
+                (0..n_parts).map(|i| a.dev(i)).collect::<Result<_>>()?;
+            let rank = parts[0].shape().len() as i64;
+            let axis = match axis[..] {
+                [v] if (-rank..rank).contains(&v) => (if v < 0 { v + rank } else { v }) as usize,
+                _ => return Err(a.err(format!("axis {axis:?} is out of range for rank {rank}"))),
+            };
+            let mut shape = parts[0].shape().to_vec();
+            for p in &parts[1..] {
+                let same = p.shape().len() == shape.len()
+                    && p.shape()
+                        .iter()
+                        .zip(&shape)
+                        .enumerate()
+                        .all(|(i, (x, y))| i == axis || x == y);
+                if !same {
+                    return Err(a.err(format!(
+                        "parts of shapes {:?} and {:?} cannot be joined on axis {axis}",
+                        parts[0].shape(),
+                        p.shape()
+                    )));
+                }
+                shape[axis] += p.shape()[axis];
+            }
+            if shape[..axis].iter().all(|&d| d == 1) {
+                let refs: Vec<&DeviceTensor> = parts.iter().map(|p| p.as_ref()).collect();
+                vec![dev(a.k(d.concat_flat(&refs, shape))?)]
+            } else {
+                let mut inputs: Vec<Value> = parts.into_iter().map(Value::Dev).collect();
+                inputs.push(Value::Host(int_tensor(&[axis as i64])));
+                through_host(s, id, node, inputs)?
+            }
+        }
+        "Slice" => {
+            let x = a.dev(0)?;
+            let begin = a.ints(1)?;
+            let size = a.ints(2)?;
+            let dims = x.shape().to_vec();
+            if begin.len() != dims.len() || size.len() != dims.len() {
+                return Err(a.err(format!(
+                    "begin {begin:?} and size {size:?} must have one entry per axis of {dims:?}"
+                )));
+            }
+            let mut out = Vec::with_capacity(dims.len());
+            for i in 0..dims.len() {
+                let b = begin[i];
+                let n = if size[i] == -1 {
+                    dims[i] as i64 - b
+                } else {
+                    size[i]
+                };
+                if b < 0 || n < 0 || b + n > dims[i] as i64 {
+                    return Err(a.err(format!(
+                        "begin {begin:?} size {size:?} is outside shape {dims:?}"
+                    )));
+                }
+                out.push(n as usize);
+            }
+            match contiguous_offset(&dims, &begin, &out) {
+                Some(offset) => vec![dev(a.k(d.slice_flat(&x, offset, out))?)],
+                None => through_host(
+                    s,
+                    id,
+                    node,
+                    vec![
+                        Value::Dev(x),
+                        Value::Host(int_tensor(&begin)),
+                        Value::Host(int_tensor(&size)),
+                    ],
+                )?,
             }
         }
         "Identity" | "StopGradient" => vec![Value::Dev(a.dev(0)?)],
@@ -555,4 +630,65 @@ fn reshape_target(a: &Args, target: &[i64], n: usize) -> Result<Vec<usize>> {
         .iter()
         .map(|&v| if v == -1 { fill as usize } else { v as usize })
         .collect())
+}
+
+/// An int32 index tensor (the host inputs rebuilt for a host fallback).
+fn int_tensor(v: &[i64]) -> Tensor {
+    Tensor::new(
+        vec![v.len()],
+        v.iter().map(|&x| x as i32).collect::<Vec<i32>>(),
+    )
+    .expect("length matches")
+}
+
+/// The case a device kernel does not cover: the CPU kernel on downloaded
+/// inputs (each download counted), the outputs uploaded.
+fn through_host(s: &CudaSession, id: usize, node: &Node, inputs: Vec<Value>) -> Result<Vec<Value>> {
+    s.run_on_host(id, node, inputs)?
+        .into_iter()
+        .map(|v| Ok(Value::Dev(s.to_device(node, None, v)?)))
+        .collect()
+}
+
+/// Where a slice of `dims` starting at `begin` with extents `size` starts
+/// in the flat buffer, when it is one contiguous range: every axis after
+/// the last partial one is whole (by definition), every axis before it has
+/// extent 1.
+fn contiguous_offset(dims: &[usize], begin: &[i64], size: &[usize]) -> Option<usize> {
+    let partial = (0..dims.len()).rev().find(|&i| begin[i] != 0 || size[i] != dims[i]);
+    let Some(j) = partial else {
+        return Some(0);
+    };
+    if size[..j].iter().any(|&n| n != 1) {
+        return None;
+    }
+    let mut stride = 1usize;
+    let mut offset = 0usize;
+    for i in (0..dims.len()).rev() {
+        offset += begin[i] as usize * stride;
+        stride *= dims[i];
+    }
+    Some(offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contiguous_offset;
+
+    #[test]
+    fn contiguous_slices_are_found() {
+        // Rows 2..5 of a [6, 4] matrix.
+        assert_eq!(contiguous_offset(&[6, 4], &[2, 0], &[3, 4]), Some(8));
+        // The whole tensor.
+        assert_eq!(contiguous_offset(&[6, 4], &[0, 0], &[6, 4]), Some(0));
+        // Part of one row: contiguous.
+        assert_eq!(contiguous_offset(&[6, 4], &[1, 1], &[1, 2]), Some(5));
+        // Columns of several rows: not.
+        assert_eq!(contiguous_offset(&[6, 4], &[0, 1], &[2, 2]), None);
+        // A 3×3×c×m filter split on its first axis.
+        assert_eq!(
+            contiguous_offset(&[3, 3, 8, 1], &[1, 0, 0, 0], &[2, 3, 8, 1]),
+            Some(24)
+        );
+    }
 }

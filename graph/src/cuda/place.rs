@@ -71,6 +71,10 @@ pub const DEVICE_OPS: &[&str] = &[
     "AvgPool",
     "AvgPoolGrad",
     "BroadcastTo",
+    // Contiguous cases copy device to device; others go through the host
+    // (counted as downloads at run time).
+    "ConcatV2",
+    "Slice",
     // Views: the device buffer under another shape.
     "Identity",
     "StopGradient",
@@ -102,6 +106,9 @@ pub fn host_inputs(op: &str, n_inputs: usize) -> Vec<usize> {
         "Conv2DBackpropInput" | "DepthwiseConv2dNativeBackpropInput" | "AvgPoolGrad" => vec![0],
         "Conv2DBackpropFilter" | "DepthwiseConv2dNativeBackpropFilter" => vec![1],
         "Sum" | "Mean" | "Reshape" | "ExpandDims" | "BroadcastTo" => vec![1],
+        "Slice" => vec![1, 2],
+        // The axis (the last input).
+        "ConcatV2" => vec![n_inputs.saturating_sub(1)],
         "SparseSoftmaxCrossEntropyWithLogits" => vec![1],
         "ReadVariableOp" | "AssignVariableOp" | "AssignAddVariableOp" | "AssignSubVariableOp" => {
             vec![0]
@@ -119,6 +126,16 @@ pub fn host_inputs(op: &str, n_inputs: usize) -> Vec<usize> {
 /// float32.
 pub fn decide(op: &str, inputs: &[Where], float_out: bool) -> Where {
     match op {
+        // A received float tensor (a pulled variable, a peer's activation)
+        // goes to the device as it arrives: the receive itself is a host
+        // wait, its value is uploaded.
+        "_Recv" => {
+            if float_out {
+                Where::Device
+            } else {
+                Where::Host
+            }
+        }
         "ReadVariableOp" => {
             if float_out {
                 Where::Device
@@ -150,7 +167,8 @@ pub fn decide(op: &str, inputs: &[Where], float_out: bool) -> Where {
 }
 
 /// One transfer a run makes between host and device, other than its feeds
-/// and fetches.
+/// and fetches. (A `_Recv` whose value goes up is listed with itself as
+/// the reader.)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transfer {
     /// The node that reads the value.
@@ -270,6 +288,14 @@ pub fn plan(
                 slot_where[s] = out_where;
                 slot_name[s] = TensorName::new(node.name.clone(), port).to_string();
             }
+        }
+        if node.op == "_Recv" && w == Where::Device {
+            out.uploads.push(Transfer {
+                node: node.name.clone(),
+                op: node.op.clone(),
+                input: 0,
+                tensor: format!("{}:0", node.name),
+            });
         }
         out.nodes.push((node.name.clone(), node.op.clone(), w));
     }

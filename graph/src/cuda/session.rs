@@ -9,7 +9,7 @@ use psflow_kernels::Tensor;
 
 use super::ops;
 use super::place::{self, Where, SHAPE_ONLY};
-use crate::executor::{ResourceStore, Session};
+use crate::executor::{Rendezvous, ResourceStore, Session};
 use crate::ir::{Node, TensorName};
 use crate::registry::{OpContext, Registry};
 use crate::{DType, Error, Graph, Result};
@@ -46,6 +46,8 @@ pub struct CudaSession {
     /// Constants already uploaded, by node id.
     consts: Mutex<HashMap<usize, Arc<DeviceTensor>>>,
     counts: Mutex<TransferCounts>,
+    /// Where the graph's `_Send`s and `_Recv`s (host ops) meet their peers.
+    rendezvous: Option<Arc<dyn Rendezvous>>,
 }
 
 impl CudaSession {
@@ -63,7 +65,16 @@ impl CudaSession {
             vars: Mutex::new(HashMap::new()),
             consts: Mutex::new(HashMap::new()),
             counts: Mutex::new(TransferCounts::default()),
+            rendezvous: None,
         })
+    }
+
+    /// The graph's `_Send`s and `_Recv`s meet their peers in `rendezvous`
+    /// (a `_Recv` blocks the run until its value arrives; a device value a
+    /// `_Send` sends is downloaded first).
+    pub fn with_rendezvous(mut self, rendezvous: Arc<dyn Rendezvous>) -> CudaSession {
+        self.rendezvous = Some(rendezvous);
+        self
     }
 
     pub fn device(&self) -> &Arc<CudaDevice> {
@@ -234,12 +245,23 @@ impl CudaSession {
             })
             .collect();
         match place::decide(&node.op, &kinds, place::float_out(&self.host, id)) {
+            Where::Device if node.op == "_Recv" => {
+                let out = self.run_on_host(id, node, inputs)?;
+                out.into_iter()
+                    .map(|v| Ok(Value::Dev(self.to_device(node, None, v)?)))
+                    .collect()
+            }
             Where::Device => ops::run(self, id, node, inputs),
             Where::Host => self.run_on_host(id, node, inputs),
         }
     }
 
-    fn run_on_host(&self, id: usize, node: &Node, inputs: Vec<Value>) -> Result<Vec<Value>> {
+    pub(crate) fn run_on_host(
+        &self,
+        id: usize,
+        node: &Node,
+        inputs: Vec<Value>,
+    ) -> Result<Vec<Value>> {
         if SHAPE_ONLY.contains(&node.op.as_str()) {
             if let [Value::Dev(d)] = inputs.as_slice() {
                 return Ok(vec![Value::Host(shape_tensor(node, d.shape())?)]);
@@ -253,7 +275,7 @@ impl CudaSession {
             node,
             inputs: host_inputs,
             resources: self.host.resources(),
-            rendezvous: None,
+            rendezvous: self.rendezvous.as_deref(),
         };
         let out = self.host.kernels[id].compute(&mut ctx)?;
         Ok(out.into_iter().map(Value::Host).collect())

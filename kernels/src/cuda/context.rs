@@ -269,6 +269,61 @@ impl CudaDevice {
         Ok(out)
     }
 
+    /// `parts` laid end to end in one tensor of `shape` (each part's
+    /// elements copied in order, device to device): `ConcatV2` along an
+    /// axis with nothing but size-1 axes before it.
+    pub fn concat_flat(&self, parts: &[&DeviceTensor], shape: Vec<usize>) -> Result<DeviceTensor> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total != crate::num_elements(&shape) {
+            return Err(Error::shape(
+                "ConcatV2",
+                format!("parts of {total} elements cannot fill shape {shape:?}"),
+            ));
+        }
+        let mut out = self.uninit(shape)?;
+        let mut at = 0;
+        for p in parts {
+            let n = p.len();
+            if n > 0 {
+                let mut dst = out.buf.slice_mut(at..at + n);
+                self.stream
+                    .memcpy_dtod(&p.buf.slice(0..n), &mut dst)
+                    .map_err(driver_err("cuMemcpyDtoD"))?;
+            }
+            at += n;
+        }
+        Ok(out)
+    }
+
+    /// Elements `offset .. offset + len` of `t` as a tensor of `shape`
+    /// (a contiguous `Slice`, copied device to device).
+    pub fn slice_flat(
+        &self,
+        t: &DeviceTensor,
+        offset: usize,
+        shape: Vec<usize>,
+    ) -> Result<DeviceTensor> {
+        let len = crate::num_elements(&shape);
+        if offset + len > t.len() {
+            return Err(Error::shape(
+                "Slice",
+                format!(
+                    "elements {offset}..{} are outside a tensor of {}",
+                    offset + len,
+                    t.len()
+                ),
+            ));
+        }
+        let mut out = self.uninit(shape)?;
+        if len > 0 {
+            let mut dst = out.buf.slice_mut(0..len);
+            self.stream
+                .memcpy_dtod(&t.buf.slice(offset..offset + len), &mut dst)
+                .map_err(driver_err("cuMemcpyDtoD"))?;
+        }
+        Ok(out)
+    }
+
     /// A zero-filled pooled buffer of at least `len` floats (scratch).
     pub(crate) fn alloc(&self, len: usize) -> Result<PooledBuf> {
         let mut buf = self.pool.take(len)?;

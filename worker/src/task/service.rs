@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use psflow_graph::RendezvousKey;
+use psflow_kernels::cuda::CudaDevice;
 use psflow_proto::ps::TensorRole;
 
 use super::eval::evaluate;
@@ -44,11 +45,21 @@ struct State {
 pub struct WorkerService {
     state: Arc<State>,
     graphs: Arc<Graphs>,
+    /// The GPU training steps run on (None: the CPU).
+    gpu: Option<Arc<CudaDevice>>,
 }
 
 impl WorkerService {
     pub fn new() -> WorkerService {
         WorkerService::default()
+    }
+
+    /// A worker whose tasks' training steps run on `device`.
+    pub fn on_gpu(device: Arc<CudaDevice>) -> WorkerService {
+        WorkerService {
+            gpu: Some(device),
+            ..WorkerService::default()
+        }
     }
 
     /// Stops every running task at once (its RunTask stream ends with an
@@ -108,7 +119,7 @@ impl Worker for WorkerService {
             steps = spec.end_step - spec.start_step.min(spec.end_step),
             "task starting"
         );
-        let task = Task::prepare(spec).await?;
+        let task = Task::prepare(spec, self.gpu.clone()).await?;
         let (tx, rx) = mpsc::channel::<Result<pb::TaskProgress, Status>>(16);
         let (ptx, mut prx) = mpsc::channel(16);
         let state = self.state.clone();

@@ -17,11 +17,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use psflow_graph::cuda::CudaSession;
 use psflow_graph::executor::RecvDone;
 use psflow_graph::registry::transfer_key;
 use psflow_graph::{
     Graph, LocalRendezvous, Registry, Rendezvous, RendezvousKey, ResourceStore, Session, TensorName,
 };
+use psflow_kernels::cuda::CudaDevice;
 use psflow_kernels::Tensor;
 use psflow_proto::ps::{PushOutcome, TensorRole};
 use psflow_proto::worker::{SyncMode, TaskProgress, TaskSpec};
@@ -133,10 +135,34 @@ impl Drop for Calls {
     }
 }
 
+/// Where a task's steps compute.
+enum StepSession {
+    Cpu(Session),
+    /// The whole step on a GPU: the pulled variables are uploaded as their
+    /// `_Recv`s take them, the gradients downloaded as their `_Send`s send
+    /// them (the transfers a parameter server implies); everything between
+    /// stays on the device.
+    Gpu(CudaSession),
+}
+
+impl StepSession {
+    fn run(
+        &self,
+        feeds: &[(TensorName, Tensor)],
+        fetches: &[TensorName],
+        targets: &[String],
+    ) -> psflow_graph::Result<Vec<Tensor>> {
+        match self {
+            StepSession::Cpu(s) => s.run(feeds, fetches, targets),
+            StepSession::Gpu(s) => s.run(feeds, fetches, targets),
+        }
+    }
+}
+
 /// A task ready to run its steps.
 pub struct Task {
     spec: TaskSpec,
-    session: Arc<Session>,
+    session: Arc<StepSession>,
     rendezvous: Arc<StepRendezvous>,
     pipeline: Arc<Mutex<Pipeline>>,
     shards: Vec<ShardWork>,
@@ -158,7 +184,7 @@ fn tensor_name(s: &str, what: &str) -> Result<TensorName> {
 impl Task {
     /// Checks `spec`, builds the session and the data pipeline, connects
     /// to the shards.
-    pub async fn prepare(spec: TaskSpec) -> Result<Task> {
+    pub async fn prepare(spec: TaskSpec, gpu: Option<Arc<CudaDevice>>) -> Result<Task> {
         if spec.workers == 0 || spec.worker >= spec.workers {
             return Err(TaskError::Invalid(format!(
                 "worker {} of {}: need worker < workers",
@@ -274,10 +300,29 @@ impl Task {
         };
         // A `_Recv` waits as long as a pull may (the rendezvous is aborted
         // at once when a pull fails).
-        let session =
-            Session::with_resources(graph, &Registry::standard(), Arc::new(ResourceStore::new()))?
+        let session = match gpu {
+            None => StepSession::Cpu(
+                Session::with_resources(
+                    graph,
+                    &Registry::standard(),
+                    Arc::new(ResourceStore::new()),
+                )?
                 .with_rendezvous(rendezvous.clone())
-                .with_recv_timeout(pull_timeout);
+                .with_recv_timeout(pull_timeout),
+            ),
+            Some(device) => {
+                tracing::info!(job = spec.job_id, worker = spec.worker, device = %device.name(), "steps run on the GPU");
+                StepSession::Gpu(
+                    CudaSession::new(
+                        graph,
+                        &Registry::standard(),
+                        Arc::new(ResourceStore::new()),
+                        device,
+                    )?
+                    .with_rendezvous(rendezvous.clone()),
+                )
+            }
+        };
         Ok(Task {
             spec,
             session: Arc::new(session),
