@@ -56,8 +56,9 @@ impl std::fmt::Debug for CudaDevice {
 }
 
 /// An f32 tensor in device memory (row-major, as [`Tensor`]). Its buffer
-/// comes from the device's pool (it may be longer than the tensor) and
-/// goes back to it on drop.
+/// comes from the device's pool, or from the prefetcher's ring for a
+/// tensor of [`super::prefetch::Prefetched::take`] (it may be longer than
+/// the tensor), and goes back there on drop.
 #[derive(Debug)]
 pub struct DeviceTensor {
     shape: Vec<usize>,
