@@ -1,5 +1,6 @@
-//! A CUDA device: its context, one stream, the modules loaded into it, and
-//! tensors in its memory.
+//! A CUDA device: its context, its two streams (compute, and host→device
+//! copies for [`super::prefetch`]), the modules loaded into it, and tensors
+//! in its memory.
 //!
 //! Modules are loaded on first use of a source and kept in a table indexed
 //! by [`Source`] (the PTX itself is shared by every device of the same
@@ -19,6 +20,7 @@ use super::cublas::BlasHandles;
 use super::library::{self, Library};
 use super::nvrtc::{self, Arch, Source};
 use super::pool::{DevicePool, PoolStats, PooledBuf};
+use super::prefetch::Prefetcher;
 use super::staging::Staging;
 use crate::{Error, Result, Tensor};
 
@@ -31,8 +33,12 @@ pub struct CudaDevice {
     name: String,
     arch: Arch,
     ctx: Arc<CudaContext>,
+    /// Every kernel and every copy but the prefetches.
     stream: Arc<CudaStream>,
+    /// Host→device copies of [`CudaDevice::prefetch`], beside the kernels.
+    copy_stream: Arc<CudaStream>,
     pool: Arc<DevicePool>,
+    prefetcher: Arc<Prefetcher>,
     staging: Arc<Staging>,
     modules: Mutex<[Option<Arc<CudaModule>>; Source::ALL.len()]>,
     /// cuBLAS handles, created by the first cuBLAS call ([`super::cublas`]).
@@ -50,8 +56,9 @@ impl std::fmt::Debug for CudaDevice {
 }
 
 /// An f32 tensor in device memory (row-major, as [`Tensor`]). Its buffer
-/// comes from the device's pool (it may be longer than the tensor) and
-/// goes back to it on drop.
+/// comes from the device's pool, or from the prefetcher's ring for a
+/// tensor of [`super::prefetch::Prefetched::take`] (it may be longer than
+/// the tensor), and goes back there on drop.
 #[derive(Debug)]
 pub struct DeviceTensor {
     shape: Vec<usize>,
@@ -59,6 +66,11 @@ pub struct DeviceTensor {
 }
 
 impl DeviceTensor {
+    pub(crate) fn from_buf(shape: Vec<usize>, buf: PooledBuf) -> DeviceTensor {
+        debug_assert!(buf.len() >= crate::num_elements(&shape));
+        DeviceTensor { shape, buf }
+    }
+
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
@@ -101,7 +113,8 @@ pub(crate) fn driver_err(op: &'static str) -> impl Fn(DriverError) -> Error {
 }
 
 impl CudaDevice {
-    /// Opens CUDA device `ordinal` (its primary context) with a new stream.
+    /// Opens CUDA device `ordinal` (its primary context) with two new
+    /// streams: compute and copies.
     /// An error, never a panic, when the driver or the device is missing or
     /// the device is older than compute capability 8.0 (the kernels use
     /// TF32 tensor cores).
@@ -138,12 +151,15 @@ impl CudaDevice {
         }
         let name = ctx.name().map_err(driver_err("cuDeviceGetName"))?;
         let stream = ctx.new_stream().map_err(driver_err("cuStreamCreate"))?;
+        let copy_stream = ctx.new_stream().map_err(driver_err("cuStreamCreate"))?;
         Ok(Arc::new(CudaDevice {
             ordinal,
             name,
             arch,
             ctx,
             pool: DevicePool::new(stream.clone()),
+            prefetcher: Prefetcher::new(stream.clone(), copy_stream.clone()),
+            copy_stream,
             staging: Staging::new(),
             stream,
             modules: Mutex::new(Default::default()),
@@ -165,6 +181,14 @@ impl CudaDevice {
 
     pub(crate) fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+
+    pub(crate) fn copy_stream(&self) -> &Arc<CudaStream> {
+        &self.copy_stream
+    }
+
+    pub(crate) fn prefetcher(&self) -> &Arc<Prefetcher> {
+        &self.prefetcher
     }
 
     pub(crate) fn context(&self) -> &Arc<CudaContext> {
@@ -189,16 +213,19 @@ impl CudaDevice {
         self.staging.stats()
     }
 
-    /// Releases the pool's free device buffers to the driver (after a run;
-    /// never needed inside a step loop).
+    /// Releases the pool's and the prefetcher's free device buffers to the
+    /// driver (after a run; never needed inside a step loop).
     pub fn trim_pool(&self) {
-        self.pool.trim()
+        self.pool.trim();
+        self.prefetcher.trim();
     }
 
-    /// Waits for everything queued on the device's stream.
+    /// Waits for everything queued on the device's streams (compute, then
+    /// copies).
     pub fn synchronize(&self) -> Result<()> {
         self.stream
             .synchronize()
+            .and_then(|()| self.copy_stream.synchronize())
             .map_err(driver_err("cuStreamSynchronize"))
     }
 

@@ -6,11 +6,14 @@
 //! * [`device`]: `--device auto|cpu|cuda:N`;
 //! * [`nvrtc`]: our `.cu` sources (kernels/src/cuda/, embedded) compiled to PTX by
 //!   NVRTC on first use, cached per (source, architecture);
-//! * [`context`]: a CUDA device with its stream and loaded modules, and
+//! * [`context`]: a CUDA device with its streams and loaded modules, and
 //!   device tensors;
 //! * [`pool`]: the device memory pool (size-class free lists, reused
 //!   across steps) every output and scratch buffer comes from;
 //! * [`staging`]: pinned host buffers and asynchronous copies;
+//! * [`prefetch`]: host→device copies on a second (copy) stream into a
+//!   ring of device buffers, overlapped with the kernels, with the events
+//!   between the two streams;
 //! * [`ops`]: the launchers: depthwise convolution and its gradients, the
 //!   pointwise (1×1) GEMM on TF32 tensor cores, fused batch norm + ReLU6
 //!   forward and backward, average pooling, bias, softmax cross-entropy,
@@ -34,6 +37,7 @@ pub mod library;
 pub mod nvrtc;
 pub mod ops;
 pub mod pool;
+pub mod prefetch;
 pub mod staging;
 pub mod timing;
 
@@ -41,4 +45,5 @@ pub use context::{CudaDevice, DeviceTensor};
 pub use device::{cuda_device_count, pick_device, Device, DeviceChoice, DeviceRequest};
 pub use nvrtc::{Arch, Compiled, Source};
 pub use pool::PoolStats;
+pub use prefetch::{PrefetchStats, Prefetched};
 pub use staging::PendingDownload;

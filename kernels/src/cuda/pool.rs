@@ -3,11 +3,13 @@
 //! a training step that repeats the shapes of the step before allocates
 //! nothing from the driver.
 //!
-//! One pool belongs to one device and its one stream. Giving a buffer back
-//! needs no synchronization: every kernel and copy that used it was queued
-//! on that stream before the buffer can be taken again, so the stream runs
-//! them first. (A second stream would need an event per buffer; there is
-//! none yet.)
+//! One pool belongs to one device and its compute stream. Giving a buffer
+//! back needs no synchronization: every kernel and copy that used it was
+//! queued on that stream before the buffer can be taken again, so the
+//! stream runs them first. The pool is never used by the copy stream: the
+//! prefetcher ([`super::prefetch`]) writes into device buffers of its own,
+//! each with events between the two streams, which a [`PooledBuf`] also
+//! carries back to their owner on drop.
 //!
 //! The bookkeeping — size classes ([`size_class`]) and free lists with their
 //! statistics ([`FreeLists`]) — is plain data, generic over the buffer, and
@@ -21,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::{CudaSlice, CudaStream, LaunchArgs, PushKernelArg};
 
 use super::context::driver_err;
+use super::prefetch::RingReturn;
 use crate::Result;
 
 /// The smallest class, in elements (256 bytes of f32).
@@ -175,7 +178,7 @@ impl DevicePool {
         Ok(PooledBuf {
             slice: Some(slice),
             class,
-            pool: self.clone(),
+            home: Home::Pool(self.clone()),
         })
     }
 
@@ -190,13 +193,35 @@ impl DevicePool {
     }
 }
 
-/// A device buffer from a [`DevicePool`], given back when dropped. Its
-/// length is its size class, which may exceed what was asked for.
+/// A device buffer from a [`DevicePool`] (or from the prefetcher's ring),
+/// given back when dropped. Its length is its size class, which may exceed
+/// what was asked for.
 #[derive(Debug)]
 pub struct PooledBuf {
     slice: Option<CudaSlice<f32>>,
     class: usize,
-    pool: Arc<DevicePool>,
+    home: Home,
+}
+
+/// Where a [`PooledBuf`] goes back to on drop.
+#[derive(Debug)]
+enum Home {
+    /// The device pool (compute stream only: no events needed).
+    Pool(Arc<DevicePool>),
+    /// The prefetcher's ring: dropping records the buffer's release on the
+    /// compute stream before the copy stream may overwrite it.
+    Prefetch(RingReturn),
+}
+
+impl PooledBuf {
+    /// A prefetched buffer, going back to the prefetcher's ring on drop.
+    pub(crate) fn prefetched(slice: CudaSlice<f32>, class: usize, ret: RingReturn) -> PooledBuf {
+        PooledBuf {
+            slice: Some(slice),
+            class,
+            home: Home::Prefetch(ret),
+        }
+    }
 }
 
 impl Deref for PooledBuf {
@@ -215,8 +240,13 @@ impl DerefMut for PooledBuf {
 impl Drop for PooledBuf {
     fn drop(&mut self) {
         if let Some(s) = self.slice.take() {
-            if let Ok(mut lists) = self.pool.lists.lock() {
-                lists.give(self.class, s);
+            match &mut self.home {
+                Home::Pool(pool) => {
+                    if let Ok(mut lists) = pool.lists.lock() {
+                        lists.give(self.class, s);
+                    }
+                }
+                Home::Prefetch(ret) => ret.give_back(self.class, s),
             }
         }
     }

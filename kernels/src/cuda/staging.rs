@@ -15,9 +15,11 @@
 //! host only writes it); downloads plain pinned memory (the host reads it).
 //!
 //! Overlap: the host prepares the next batch while the device copies and
-//! computes. Copies and kernels share the device's one stream, so on the
-//! device a copy does not yet run beside a kernel (that needs a copy stream
-//! and events between the two: not built).
+//! computes. `upload_async` and `download_async` queue their copies on the
+//! compute stream, so on the device those copies run between kernels;
+//! [`CudaDevice::prefetch`] ([`super::prefetch`]) queues host→device
+//! copies on the device's copy stream, beside the kernels, through these
+//! same pinned buffers.
 
 use std::sync::{Arc, Mutex};
 
@@ -30,8 +32,11 @@ use crate::{Result, Tensor};
 /// One pinned buffer and the event recorded after its last copy.
 #[derive(Debug)]
 pub(crate) struct Pinned {
-    host: PinnedHostSlice<f32>,
-    done: CudaEvent,
+    pub(crate) host: PinnedHostSlice<f32>,
+    /// Recorded on whichever stream ran the buffer's last copy (the compute
+    /// stream for `upload_async`/`download_async`, the copy stream for
+    /// [`CudaDevice::prefetch`]).
+    pub(crate) done: CudaEvent,
 }
 
 /// The staging buffers of one device, for each direction.
@@ -42,7 +47,7 @@ pub(crate) struct Staging {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Direction {
+pub(crate) enum Direction {
     Up,
     Down,
 }
@@ -63,7 +68,12 @@ impl Staging {
     }
 
     /// A pinned buffer of at least `len` floats whose last copy finished.
-    fn take(&self, ctx: &Arc<CudaContext>, dir: Direction, len: usize) -> Result<(usize, Pinned)> {
+    pub(crate) fn take(
+        &self,
+        ctx: &Arc<CudaContext>,
+        dir: Direction,
+        len: usize,
+    ) -> Result<(usize, Pinned)> {
         let class = size_class(len.max(1));
         let lists = self.lists(dir);
         let reused = lists
@@ -87,7 +97,7 @@ impl Staging {
         Ok((class, Pinned { host, done }))
     }
 
-    fn give(&self, dir: Direction, class: usize, p: Pinned) {
+    pub(crate) fn give(&self, dir: Direction, class: usize, p: Pinned) {
         if let Ok(mut lists) = self.lists(dir).lock() {
             lists.give(class, p);
         }
