@@ -364,13 +364,34 @@ fn train_loop(
     let mut last_lr = None;
     let mut last_saved = None;
     let began = Instant::now();
-    for step in start..total {
-        let batch = pipeline
+    let mut next_batch = |step: u64| {
+        pipeline
             .next_batch()?
-            .ok_or_else(|| anyhow!("the input pipeline ended at step {step}"))?;
+            .ok_or_else(|| anyhow!("the input pipeline ended at step {step}"))
+    };
+    // On a GPU the next batch's images are copied on the copy stream while
+    // this step computes.
+    let mut ahead = None;
+    for step in start..total {
+        let (batch, prefetched) = match ahead.take() {
+            Some(a) => a,
+            None => {
+                let b = next_batch(step)?;
+                let p = trainer.prefetch(&b.images)?;
+                (b, p)
+            }
+        };
+        if prefetched.is_some() && step + 1 < total {
+            let b = next_batch(step + 1)?;
+            let p = trainer.prefetch(&b.images)?;
+            ahead = Some((b, p));
+        }
         let n = batch.len();
         let lr = schedule.at(step);
-        let out = trainer.step(batch.images, batch.labels, lr)?;
+        let out = match prefetched {
+            Some(p) => trainer.step_prefetched(p, batch.labels, lr)?,
+            None => trainer.step(batch.images, batch.labels, lr)?,
+        };
         if !out.losses.total.is_finite() {
             bail!(
                 "the loss diverged at step {} (total {}); try a smaller --lr",

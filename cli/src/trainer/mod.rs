@@ -18,7 +18,7 @@ use psflow_graph::cuda::CudaSession;
 use psflow_graph::train::builder::{build_training_graph, TrainConfig, TrainGraph, TrainableVar};
 use psflow_graph::zoo::Model;
 use psflow_graph::{Profile, Registry, ResourceStore, Schedule, Session, Tensor};
-use psflow_kernels::cuda::CudaDevice;
+use psflow_kernels::cuda::{CudaDevice, Prefetched};
 use psflow_worker::data::Dataset;
 use psflow_worker::run::{Checkpoint, Losses};
 
@@ -163,6 +163,69 @@ impl Trainer {
         Ok(self.step_with(images, labels, lr, None)?.0)
     }
 
+    /// On a GPU: queues the copy of a later step's `images` on the
+    /// device's copy stream (so it crosses while this step computes); on
+    /// the CPU: None.
+    pub fn prefetch(&self, images: &Tensor) -> Result<Option<Prefetched>> {
+        match self.gpu() {
+            Some(d) => Ok(Some(
+                d.prefetch(&[images])
+                    .context("queueing the next batch's copy to the GPU")?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// [`step`](Self::step) with the images prefetched to the GPU.
+    pub fn step_prefetched(
+        &self,
+        mut images: Prefetched,
+        labels: Tensor,
+        lr: f32,
+    ) -> Result<StepOutput> {
+        let Some((gpu, _)) = &self.gpu else {
+            bail!("a prefetched batch needs the trainer on the GPU");
+        };
+        let images = images
+            .take()
+            .context("taking the prefetched batch")?
+            .pop()
+            .ok_or_else(|| anyhow!("the prefetched batch is empty"))?;
+        let label_values: Vec<i32> = labels.values::<i32>("labels")?.to_vec();
+        let feeds = [
+            (self.model.labels.clone().expect("checked in build"), labels),
+            (self.graph.learning_rate.clone(), Tensor::scalar(lr)),
+        ];
+        let out = gpu
+            .run_with_device_feeds(
+                &feeds,
+                vec![(self.model.input.clone(), images)],
+                &self.step_fetches(),
+                std::slice::from_ref(&self.graph.train_op),
+            )
+            .context("training step on the GPU")?;
+        self.step_output(&out, &label_values)
+    }
+
+    fn step_fetches(&self) -> [psflow_graph::TensorName; 4] {
+        [
+            self.graph.total_loss.clone(),
+            self.graph.cross_entropy_loss.clone(),
+            self.graph.regularization_loss.clone(),
+            self.model.logits.clone(),
+        ]
+    }
+
+    fn step_output(&self, out: &[Tensor], label_values: &[i32]) -> Result<StepOutput> {
+        let scalar = |t: &Tensor| -> Result<f64> { Ok(t.scalar_value::<f32>("loss")? as f64) };
+        let losses = Losses::new(scalar(&out[0])?, scalar(&out[1])?, scalar(&out[2])?);
+        let (top1, _) = count_correct(&out[3], label_values)?;
+        Ok(StepOutput {
+            losses,
+            correct: top1,
+        })
+    }
+
     /// [`step`](Self::step), timing every kernel ([`Profile`]) with the
     /// nodes scheduled as `schedule` says.
     pub fn step_profiled(
@@ -189,12 +252,7 @@ impl Trainer {
             (self.model.labels.clone().expect("checked in build"), labels),
             (self.graph.learning_rate.clone(), Tensor::scalar(lr)),
         ];
-        let fetches = [
-            self.graph.total_loss.clone(),
-            self.graph.cross_entropy_loss.clone(),
-            self.graph.regularization_loss.clone(),
-            self.model.logits.clone(),
-        ];
+        let fetches = self.step_fetches();
         let targets = std::slice::from_ref(&self.graph.train_op);
         let (out, profile) = if let Some((gpu, _)) = &self.gpu {
             if profile.is_some() {
@@ -217,16 +275,7 @@ impl Trainer {
                 .context("training step")?;
             (out, None)
         };
-        let scalar = |t: &Tensor| -> Result<f64> { Ok(t.scalar_value::<f32>("loss")? as f64) };
-        let losses = Losses::new(scalar(&out[0])?, scalar(&out[1])?, scalar(&out[2])?);
-        let (top1, _) = count_correct(&out[3], &label_values)?;
-        Ok((
-            StepOutput {
-                losses,
-                correct: top1,
-            },
-            profile,
-        ))
+        Ok((self.step_output(&out, &label_values)?, profile))
     }
 
     /// Evaluates the inference model on every example of `data`

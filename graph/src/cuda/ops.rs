@@ -655,7 +655,9 @@ fn through_host(s: &CudaSession, id: usize, node: &Node, inputs: Vec<Value>) -> 
 /// the last partial one is whole (by definition), every axis before it has
 /// extent 1.
 fn contiguous_offset(dims: &[usize], begin: &[i64], size: &[usize]) -> Option<usize> {
-    let partial = (0..dims.len()).rev().find(|&i| begin[i] != 0 || size[i] != dims[i]);
+    let partial = (0..dims.len())
+        .rev()
+        .find(|&i| begin[i] != 0 || size[i] != dims[i]);
     let Some(j) = partial else {
         return Some(0);
     };

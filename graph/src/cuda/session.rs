@@ -143,7 +143,23 @@ impl CudaSession {
         fetches: &[TensorName],
         targets: &[String],
     ) -> Result<Vec<Tensor>> {
-        let mut names: Vec<TensorName> = feeds.iter().map(|(t, _)| t.clone()).collect();
+        self.run_with_device_feeds(feeds, Vec::new(), fetches, targets)
+    }
+
+    /// [`run`](Self::run) with some feeds already on the device (e.g. a
+    /// batch prefetched on the copy stream, `CudaDevice::prefetch`).
+    pub fn run_with_device_feeds(
+        &self,
+        feeds: &[(TensorName, Tensor)],
+        device_feeds: Vec<(TensorName, DeviceTensor)>,
+        fetches: &[TensorName],
+        targets: &[String],
+    ) -> Result<Vec<Tensor>> {
+        let mut names: Vec<TensorName> = feeds
+            .iter()
+            .map(|(t, _)| t.clone())
+            .chain(device_feeds.iter().map(|(t, _)| t.clone()))
+            .collect();
         names.sort();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
             return Err(Error::DuplicateFeed {
@@ -155,6 +171,22 @@ impl CudaSession {
         let mut uses_left = plan.uses.clone();
         for (name, t) in feeds {
             slots[plan.feed_slots[name]] = Some(Value::Host(self.host.check_feed(name, t)?));
+        }
+        for (name, d) in device_feeds {
+            let fits = self.host.tensor_info(&name).is_some_and(|i| {
+                i.dtype.is_none_or(|t| t == DType::F32) && i.shape.accepts(d.shape())
+            });
+            if !fits {
+                return Err(Error::FeedShape {
+                    placeholder: name.to_string(),
+                    expected: self
+                        .host
+                        .tensor_info(&name)
+                        .map_or("?".into(), |i| format!("{:?} {}", i.dtype, i.shape)),
+                    got: d.shape().to_vec(),
+                });
+            }
+            slots[plan.feed_slots[&name]] = Some(Value::Dev(Arc::new(d)));
         }
         let graph = self.host.graph();
         for (pi, &id) in plan.nodes.iter().enumerate() {
