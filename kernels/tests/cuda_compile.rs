@@ -81,15 +81,23 @@ fn the_pointwise_gemm_runs_on_tf32_tensor_cores() {
 fn the_3x3_depthwise_kernels_stage_their_tile_in_shared_memory() {
     require_nvrtc();
     let ptx = nvrtc::compile(Source::Depthwise, Arch::SM_90).unwrap().ptx;
-    // (8-1)·S+3 rows and columns × 32 channels × 4 bytes.
-    for (stride, bytes) in [(1, 10 * 10 * 32 * 4), (2, 17 * 17 * 32 * 4)] {
+    // Forward: (8-1)·S+3 input rows and columns × 32 channels × 4 bytes.
+    // Input gradient: (8+1)/S+1 dy rows and columns × 32 channels × 4.
+    // Filter gradient: 9 taps × 8 rows × 32 channels × 4 (the reduction).
+    for (kernel_name, bytes) in [
+        ("dw_forward_3x3_s1", 10 * 10 * 32 * 4),
+        ("dw_forward_3x3_s2", 17 * 17 * 32 * 4),
+        ("dw_backprop_input_3x3_s1", 10 * 10 * 32 * 4),
+        ("dw_backprop_input_3x3_s2", 5 * 5 * 32 * 4),
+        ("dw_backprop_filter_3x3_partial", 9 * 8 * 32 * 4),
+    ] {
         let kernel = ptx
             .split(".entry ")
-            .find(|k| k.starts_with(&format!("dw_forward_3x3_s{stride}(")))
+            .find(|k| k.starts_with(&format!("{kernel_name}(")))
             .expect("kernel present");
         assert!(
             kernel.contains(".shared") && kernel.contains(&format!("[{bytes}]")),
-            "dw_forward_3x3_s{stride} has no {bytes}-byte shared tile"
+            "{kernel_name} has no {bytes}-byte shared tile"
         );
     }
 }

@@ -88,6 +88,9 @@ impl Source {
                 "dw_backprop_input",
                 "dw_backprop_filter_partial",
                 "dw_backprop_filter_reduce",
+                "dw_backprop_input_3x3_s1",
+                "dw_backprop_input_3x3_s2",
+                "dw_backprop_filter_3x3_partial",
             ],
             Source::Pointwise => &["pw_gemm_tf32"],
             Source::BatchNorm => &[

@@ -105,10 +105,25 @@ impl DwGeom {
     }
 }
 
-/// Which forward kernel to run.
+impl DwGeom {
+    /// The stride of the shared-memory 3×3 input-gradient kernel when it
+    /// applies (3×3, stride 1 or 2 both ways, multiplier 1, its grid of
+    /// input tiles within bounds).
+    fn tiled_3x3_input_stride(&self) -> Option<u32> {
+        let tiles = (self.h as u32).div_ceil(TILE) as u64 * (self.w as u32).div_ceil(TILE) as u64;
+        let fits_grid = tiles <= 65_535 && self.n <= 65_535;
+        match (self.kh, self.kw, self.sh, self.sw, self.m) {
+            (3, 3, 1, 1, 1) if fits_grid => Some(1),
+            (3, 3, 2, 2, 1) if fits_grid => Some(2),
+            _ => None,
+        }
+    }
+}
+
+/// Which kernel to run (forward and both gradients).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DepthwisePath {
-    /// The shared-memory 3×3 kernel where it applies, else the general one.
+    /// The 3×3 kernel where it applies, else the general one.
     Auto,
     /// The general kernel (any filter, stride, multiplier), e.g. for tests.
     General,
@@ -186,11 +201,58 @@ impl CudaDevice {
         out_backprop: &DeviceTensor,
         p: &Conv2dParams,
     ) -> Result<DeviceTensor> {
+        self.depthwise_conv2d_backprop_input_with(
+            input_sizes,
+            filter,
+            out_backprop,
+            p,
+            DepthwisePath::Auto,
+        )
+    }
+
+    /// [`Self::depthwise_conv2d_backprop_input`] on the kernel `path` asks
+    /// for: the shared-memory 3×3 kernel (strides 1 and 2, multiplier 1)
+    /// where it applies, or the general gather.
+    pub fn depthwise_conv2d_backprop_input_with(
+        &self,
+        input_sizes: [usize; 4],
+        filter: &DeviceTensor,
+        out_backprop: &DeviceTensor,
+        p: &Conv2dParams,
+        path: DepthwisePath,
+    ) -> Result<DeviceTensor> {
         let op = BACKPROP_INPUT;
         let g = DwGeom::new(op, input_sizes, shape4(op, "filter", filter)?, p)?;
         check_out_backprop(op, &g, out_backprop)?;
         let mut dx = self.zeros(input_sizes.to_vec())?;
         if dx.is_empty() {
+            return Ok(dx);
+        }
+        if let (DepthwisePath::Auto, Some(s)) = (path, g.tiled_3x3_input_stride()) {
+            let tiles = (g.h as u32).div_ceil(TILE) * (g.w as u32).div_ceil(TILE);
+            let cfg = LaunchConfig {
+                grid_dim: ((g.c as u32).div_ceil(CH), tiles, g.n as u32),
+                block_dim: (CH, TILE, 1),
+                shared_mem_bytes: 0,
+            };
+            let name = if s == 1 {
+                "dw_backprop_input_3x3_s1"
+            } else {
+                "dw_backprop_input_3x3_s2"
+            };
+            let f = self.function(Source::Depthwise, name)?;
+            let mut launch = self.stream().launch_builder(&f);
+            launch
+                .arg(&out_backprop.buf)
+                .arg(&filter.buf)
+                .arg(&mut dx.buf)
+                .arg(&g);
+            // SAFETY: shapes checked above; the grid covers dx in 8×8 tiles
+            // of 32 channels with the 32×8 threads the kernel assumes (its
+            // static shared tile fits: at most 10·10·32 floats); it skips
+            // channels ≥ c and pixels outside h×w, and reads dy only inside
+            // oh×ow.
+            unsafe { launch.launch(cfg) }.map_err(driver_err(op))?;
             return Ok(dx);
         }
         let cfg = elementwise(dx.len());
@@ -217,6 +279,26 @@ impl CudaDevice {
         out_backprop: &DeviceTensor,
         p: &Conv2dParams,
     ) -> Result<DeviceTensor> {
+        self.depthwise_conv2d_backprop_filter_with(
+            input,
+            filter_sizes,
+            out_backprop,
+            p,
+            DepthwisePath::Auto,
+        )
+    }
+
+    /// [`Self::depthwise_conv2d_backprop_filter`] on the kernel `path` asks
+    /// for: for 3×3 filters, one block computes all 9 taps (dy read once),
+    /// else one block per tap.
+    pub fn depthwise_conv2d_backprop_filter_with(
+        &self,
+        input: &DeviceTensor,
+        filter_sizes: [usize; 4],
+        out_backprop: &DeviceTensor,
+        p: &Conv2dParams,
+        path: DepthwisePath,
+    ) -> Result<DeviceTensor> {
         let op = BACKPROP_FILTER;
         let g = DwGeom::new(op, shape4(op, "input", input)?, filter_sizes, p)?;
         check_out_backprop(op, &g, out_backprop)?;
@@ -230,7 +312,13 @@ impl CudaDevice {
         let cm = (g.c * g.m) as u32;
         let mut partial = self.alloc(splits * df.len())?;
 
-        let f = self.function(Source::Depthwise, "dw_backprop_filter_partial")?;
+        let three = path == DepthwisePath::Auto && (g.kh, g.kw) == (3, 3);
+        let (name, grid_y) = if three {
+            ("dw_backprop_filter_3x3_partial", 1)
+        } else {
+            ("dw_backprop_filter_partial", taps)
+        };
+        let f = self.function(Source::Depthwise, name)?;
         let mut launch = self.stream().launch_builder(&f);
         launch
             .arg(&input.buf)
@@ -238,7 +326,7 @@ impl CudaDevice {
             .arg(&mut partial)
             .arg(&g);
         let cfg = LaunchConfig {
-            grid_dim: (cm.div_ceil(CH), taps, splits as u32),
+            grid_dim: (cm.div_ceil(CH), grid_y, splits as u32),
             block_dim: (CH, FG_ROWS, 1),
             shared_mem_bytes: 0,
         };
