@@ -1,14 +1,16 @@
 //! `psflow eval --run RUN_DIR`: top-1 / top-5 of the latest checkpoint of
 //! a `psflow train` run, with the inference model (batch norm on the
 //! moving statistics, no dropout) rebuilt from the run configuration the
-//! checkpoint carries.
+//! checkpoint carries, on the CPU or (`--device`) a GPU.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
+use psflow_graph::cuda::CudaSession;
 use psflow_graph::{Registry, ResourceStore, Session};
+use psflow_kernels::cuda::CudaDevice;
 use psflow_worker::data::DatasetKind;
 use psflow_worker::run::RunDir;
 use serde_json::json;
@@ -32,6 +34,9 @@ pub struct EvalArgs {
     pub split: String,
     #[arg(long, default_value_t = 250)]
     pub batch_size: usize,
+    /// cpu, auto (a CUDA GPU when the driver reports one) or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -44,6 +49,7 @@ pub fn run(args: &EvalArgs) -> std::result::Result<(), (bool, anyhow::Error)> {
     if args.batch_size == 0 {
         return Err(usage(anyhow!("--batch-size must be at least 1")));
     }
+    let gpu = crate::bench::train::gpu_for(&args.device).map_err(usage)?;
     let dir = RunDir::at(&args.run);
     let (ckpt, tensors, manifest) =
         load_latest(&dir.checkpoints())
@@ -71,7 +77,7 @@ pub fn run(args: &EvalArgs) -> std::result::Result<(), (bool, anyhow::Error)> {
     if args.data_dir.is_some() {
         cfg.data_dir = args.data_dir.clone();
     }
-    evaluate_run(args, &cfg, tensors, ckpt.step).map_err(|e| (false, e))
+    evaluate_run(args, &cfg, tensors, ckpt.step, gpu).map_err(|e| (false, e))
 }
 
 fn evaluate_run(
@@ -79,6 +85,7 @@ fn evaluate_run(
     cfg: &RunConfig,
     tensors: Vec<(String, psflow_graph::Tensor)>,
     step: u64,
+    gpu: Option<Arc<CudaDevice>>,
 ) -> Result<()> {
     let kind = cfg.dataset_kind()?;
     let splits = kind
@@ -99,8 +106,39 @@ fn evaluate_run(
     for (n, t) in tensors {
         store.set(&n, t);
     }
-    let session = Session::with_resources(model.graph.clone(), &Registry::standard(), store)?;
-    let r = evaluate(&session, &model, cfg, data, args.batch_size)?;
+    let r = match gpu {
+        None => {
+            let session =
+                Session::with_resources(model.graph.clone(), &Registry::standard(), store)?;
+            evaluate(&session, &model, cfg, data, args.batch_size)?
+        }
+        Some(device) => {
+            let session = CudaSession::new(
+                model.graph.clone(),
+                &Registry::standard(),
+                Arc::new(ResourceStore::new()),
+                device,
+            )?;
+            session
+                .load_variables(&store)
+                .context("copying the checkpoint to the GPU")?;
+            let augment = cfg.augment(&data)?;
+            psflow_worker::task::evaluate_split_with(
+                |images| {
+                    let mut out = session.run(
+                        &[(model.input.clone(), images)],
+                        std::slice::from_ref(&model.logits),
+                        &[],
+                    )?;
+                    Ok(out.remove(0))
+                },
+                data,
+                &augment,
+                args.batch_size,
+            )
+            .context("evaluation on the GPU")?
+        }
+    };
     if args.json {
         println!(
             "{}",
