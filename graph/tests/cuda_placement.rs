@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use psflow_graph::cuda::place::{self, Where};
-use psflow_graph::train::builder::{build_training_graph, TrainConfig, TrainGraph, TrainableVar};
+use psflow_graph::train::builder::{TrainConfig, TrainGraph};
 use psflow_graph::zoo::{Architecture, Model, ModelSpec};
 use psflow_graph::{Registry, ResourceStore, Session};
 
@@ -22,27 +22,7 @@ fn training_model(alpha: f32, arch: &str) -> (Model, TrainGraph) {
     }
     .build()
     .unwrap();
-    let vars: Vec<TrainableVar> = m
-        .trainable
-        .iter()
-        .map(|v| TrainableVar {
-            name: v.name.clone(),
-            shape: v.shape.clone(),
-            regularize: v.regularize,
-        })
-        .collect();
-    let labels = m.labels.clone().unwrap();
-    let logits = m.logits.clone();
-    let updates = m.moving_average_updates.clone();
-    let g = build_training_graph(
-        &mut m.graph,
-        &logits,
-        &labels,
-        &vars,
-        &updates,
-        &TrainConfig::default(),
-    )
-    .unwrap();
+    let g = m.add_training(&TrainConfig::default()).unwrap();
     (m, g)
 }
 

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use psflow_graph::cuda::CudaSession;
-use psflow_graph::train::builder::{build_training_graph, TrainConfig, TrainableVar};
+use psflow_graph::train::builder::TrainConfig;
 use psflow_graph::zoo::{Architecture, ModelSpec};
 use psflow_graph::{Registry, ResourceStore, Session, Tensor, TensorName};
 use psflow_kernels::cuda::CudaDevice;
@@ -38,26 +38,7 @@ fn mobilenet_20_steps_on_the_gpu_match_the_cpu() {
     }
     .build()
     .unwrap();
-    let vars: Vec<TrainableVar> = m
-        .trainable
-        .iter()
-        .map(|v| TrainableVar {
-            name: v.name.clone(),
-            shape: v.shape.clone(),
-            regularize: v.regularize,
-        })
-        .collect();
-    let (labels, logits) = (m.labels.clone().unwrap(), m.logits.clone());
-    let updates = m.moving_average_updates.clone();
-    let g = build_training_graph(
-        &mut m.graph,
-        &logits,
-        &labels,
-        &vars,
-        &updates,
-        &TrainConfig::default(),
-    )
-    .unwrap();
+    let g = m.add_training(&TrainConfig::default()).unwrap();
     let registry = Registry::standard();
     let cpu_store = Arc::new(ResourceStore::new());
     let cpu = Session::with_resources(m.graph.clone(), &registry, cpu_store.clone()).unwrap();
@@ -97,7 +78,7 @@ fn mobilenet_20_steps_on_the_gpu_match_the_cpu() {
         .unwrap();
         let feeds = vec![
             (m.input.clone(), images),
-            (labels.clone(), ids),
+            (m.labels.clone().unwrap(), ids),
             (g.learning_rate.clone(), Tensor::scalar(0.01f32)),
         ];
         let want = cpu.run(&feeds, &fetches, targets).unwrap();

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use psflow_graph::cuda::CudaSession;
-use psflow_graph::train::builder::{build_training_graph, TrainConfig, TrainGraph, TrainableVar};
+use psflow_graph::train::builder::{TrainConfig, TrainGraph};
 use psflow_graph::zoo::Model;
 use psflow_graph::{Profile, Registry, ResourceStore, Schedule, Session, Tensor};
 use psflow_kernels::cuda::{CudaDevice, Prefetched};
@@ -53,33 +53,12 @@ impl Trainer {
     pub fn build(cfg: &RunConfig) -> Result<Trainer> {
         let mut model = cfg.model_spec(true)?.build().map_err(|e| anyhow!("{e}"))?;
         let infer_model = cfg.model_spec(false)?.build().map_err(|e| anyhow!("{e}"))?;
-        let vars: Vec<TrainableVar> = model
-            .trainable
-            .iter()
-            .map(|v| TrainableVar {
-                name: v.name.clone(),
-                shape: v.shape.clone(),
-                regularize: v.regularize,
-            })
-            .collect();
-        let labels = model
-            .labels
-            .clone()
-            .ok_or_else(|| anyhow!("the training model has no labels placeholder"))?;
-        let updates = model.moving_average_updates.clone();
-        let logits = model.logits.clone();
-        let graph = build_training_graph(
-            &mut model.graph,
-            &logits,
-            &labels,
-            &vars,
-            &updates,
-            &TrainConfig {
+        let graph = model
+            .add_training(&TrainConfig {
                 optimizer: cfg.optimizer,
                 weight_decay: cfg.weight_decay,
-            },
-        )
-        .context("building the training graph")?;
+            })
+            .context("building the training graph")?;
         let registry = Registry::standard();
         let store = Arc::new(ResourceStore::new());
         let session = Session::with_resources(model.graph.clone(), &registry, store.clone())

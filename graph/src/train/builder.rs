@@ -145,6 +145,32 @@ fn add_control_inputs(graph: &mut Graph, name: &str, controls: &[String]) -> Res
     Ok(())
 }
 
+impl crate::zoo::Model {
+    /// Adds the training graph of this model (its logits, labels,
+    /// trainable variables and batch-norm updates) to its graph: what
+    /// [`build_training_graph`] does for a zoo model. The model must be the
+    /// training variant (it has the labels placeholder).
+    pub fn add_training(&mut self, cfg: &TrainConfig) -> Result<TrainGraph> {
+        let labels = self.labels.clone().ok_or_else(|| Error::InvalidNode {
+            node: self.name.clone(),
+            detail: "the inference variant has no labels placeholder: build the model with \
+                     training = true to train it"
+                .into(),
+        })?;
+        let vars: Vec<TrainableVar> = self
+            .trainable
+            .iter()
+            .map(|v| TrainableVar {
+                name: v.name.clone(),
+                shape: v.shape.clone(),
+                regularize: v.regularize,
+            })
+            .collect();
+        let (logits, updates) = (self.logits.clone(), self.moving_average_updates.clone());
+        build_training_graph(&mut self.graph, &logits, &labels, &vars, &updates, cfg)
+    }
+}
+
 /// Builds the training graph on `graph` (see the module docs). `logits`
 /// are `[batch, classes]` float32, `labels` `[batch]` int class ids;
 /// `vars` are the trainable variables; `extra_updates` are nodes the train

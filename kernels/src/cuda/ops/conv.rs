@@ -9,7 +9,8 @@ use cudarc::driver::{DeviceRepr, PushKernelArg};
 use super::{elementwise, to_i32};
 use crate::cuda::context::{driver_err, CudaDevice, DeviceTensor};
 use crate::cuda::nvrtc::Source;
-use crate::{window_2d, Conv2dParams, Error, Result};
+use crate::ops::conv::Geom as CpuGeom;
+use crate::{Conv2dParams, Error, Result};
 
 const FORWARD: &str = "Conv2D";
 const BACKPROP_INPUT: &str = "Conv2DBackpropInput";
@@ -56,39 +57,28 @@ fn geometry(
     filter: [usize; 4],
     p: &Conv2dParams,
 ) -> Result<Geom> {
-    let [n, h, w, c] = input;
-    let [kh, kw, fc, o] = filter;
-    if fc != c {
-        return Err(Error::shape(
-            op,
-            format!(
-                "filter {filter:?} (HWIO) takes {fc} input channels but the input {input:?} \
-                 (NHWC) has {c}"
-            ),
-        ));
-    }
-    let win = window_2d(op, [h, w], [kh, kw], p.strides, p.padding)?;
-    let (oh, ow) = (win.rows.out, win.cols.out);
+    // The CPU op's checks and window rules.
+    let c = CpuGeom::new(op, input, filter, p)?;
     let g = ConvGeom {
-        n: to_i32(op, "batch", n)?,
-        h: to_i32(op, "height", h)?,
-        w: to_i32(op, "width", w)?,
-        c: to_i32(op, "channels", c)?,
-        kh: to_i32(op, "filter height", kh)?,
-        kw: to_i32(op, "filter width", kw)?,
-        sh: to_i32(op, "stride", p.strides[0])?,
-        sw: to_i32(op, "stride", p.strides[1])?,
-        oh: to_i32(op, "output height", oh)?,
-        ow: to_i32(op, "output width", ow)?,
-        pad_top: to_i32(op, "padding", win.rows.pad_before)?,
-        pad_left: to_i32(op, "padding", win.cols.pad_before)?,
+        n: to_i32(op, "batch", c.n)?,
+        h: to_i32(op, "height", c.h)?,
+        w: to_i32(op, "width", c.w)?,
+        c: to_i32(op, "channels", c.c)?,
+        kh: to_i32(op, "filter height", c.kh)?,
+        kw: to_i32(op, "filter width", c.kw)?,
+        sh: to_i32(op, "stride", c.sh)?,
+        sw: to_i32(op, "stride", c.sw)?,
+        oh: to_i32(op, "output height", c.oh)?,
+        ow: to_i32(op, "output width", c.ow)?,
+        pad_top: to_i32(op, "padding", c.pt)?,
+        pad_left: to_i32(op, "padding", c.pl)?,
     };
-    let pointwise = kh == 1 && kw == 1 && p.strides == [1, 1] && oh == h && ow == w;
+    let pointwise = c.kh == 1 && c.kw == 1 && (c.sh, c.sw) == (1, 1) && (c.oh, c.ow) == (c.h, c.w);
     Ok(Geom {
         g,
-        rows: n * oh * ow,
-        taps: kh * kw * c,
-        out: [n, oh, ow, o],
+        rows: c.n * c.oh * c.ow,
+        taps: c.kh * c.kw * c.c,
+        out: [c.n, c.oh, c.ow, c.o],
         pointwise,
     })
 }

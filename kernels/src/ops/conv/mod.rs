@@ -53,7 +53,7 @@ pub(crate) struct Geom {
 }
 
 impl Geom {
-    fn new(
+    pub(crate) fn new(
         op: &'static str,
         input: [usize; 4],
         filter: [usize; 4],
