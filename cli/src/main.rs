@@ -41,6 +41,15 @@ enum Command {
         /// A tensor to fetch, `node` or `node:port`; repeatable.
         #[arg(long = "fetch", value_name = "NAME", required = true)]
         fetches: Vec<String>,
+        /// A node run first, on its own, before the fetches (e.g. `init`,
+        /// which initialises the variables of a graph `psflow graph build`
+        /// wrote); repeatable, in order.
+        #[arg(long = "init", value_name = "NODE")]
+        inits: Vec<String>,
+        /// A node run with the fetches for its effect (e.g. `train_op`, the
+        /// training step of `psflow graph build --train`); repeatable.
+        #[arg(long = "target", value_name = "NODE")]
+        targets: Vec<String>,
         /// Directory for the fetched tensors (`<fetch>.npy`, `/` and `:` → `_`).
         #[arg(long)]
         out_dir: PathBuf,
@@ -131,6 +140,8 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             graph,
             feeds,
             fetches,
+            inits,
+            targets,
             out_dir,
             json,
         } => {
@@ -138,6 +149,8 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 graph,
                 feeds,
                 fetches,
+                inits,
+                targets,
                 out_dir,
                 json,
             };

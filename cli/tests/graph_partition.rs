@@ -80,12 +80,13 @@ fn shows_placement_and_partitions_as_json_and_tables() {
     assert_eq!(tasks.len(), 5);
     assert_eq!(tasks[0]["kind"], "worker");
     assert!(tasks[0]["recvs"].as_u64().unwrap() > 50, "{}", tasks[0]);
-    // The forward training graph pushes its batch-norm moving statistics.
-    assert!(v["pushes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|p| p["kind"] == "assign"));
+    // The training graph pushes every variable's gradient (a part's for a
+    // split variable) and the batch-norm moving statistics.
+    let pushes = v["pushes"].as_array().unwrap();
+    let kinds = |k: &str| pushes.iter().filter(|p| p["kind"] == k).count();
+    assert!(kinds("gradient") >= 83, "{}", kinds("gradient"));
+    assert_eq!(kinds("assign"), 54);
+    assert_eq!(kinds("gradient") + kinds("assign"), pushes.len());
     let ps_sends: u64 = tasks[3..]
         .iter()
         .map(|t| t["sends"].as_u64().unwrap())

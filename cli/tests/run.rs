@@ -235,3 +235,111 @@ fn a_lossy_feed_dtype_is_refused() {
         "input",
     );
 }
+
+/// `psflow graph build --train` writes the whole training step (forward in
+/// training mode, losses, gradients, RMSProp), and `psflow run` executes
+/// it: `--init init` initialises the variables, `--target` runs the
+/// optimizer updates beside the fetched losses, which are finite and add
+/// up (total = cross-entropy + regularization). A `--target` that is not
+/// a node is a usage error naming it.
+#[test]
+fn a_built_training_graph_runs_a_training_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("train.pb");
+    let o = psflow(&[
+        "graph",
+        "build",
+        "--model",
+        "mobilenet",
+        "--alpha",
+        "0.25",
+        "--resolution",
+        "16",
+        "--classes",
+        "3",
+        "--train",
+        "--json",
+        "--out",
+        g.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let step = &v["train_step"];
+    let target = step["target"].as_str().unwrap();
+    let lr_feed = step["learning_rate"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches(":0");
+    assert_eq!(step["optimizer"], "rmsprop");
+
+    let x: Vec<f32> = (0..4 * 16 * 16 * 3)
+        .map(|i| ((i * 31 % 97) as f32 / 48.0) - 1.0)
+        .collect();
+    let feeds = [
+        (
+            "input",
+            psflow_graph::Tensor::new(vec![4, 16, 16, 3], x).unwrap(),
+        ),
+        (
+            "labels",
+            psflow_graph::Tensor::new(vec![4], vec![0i32, 1, 2, 1]).unwrap(),
+        ),
+        (lr_feed, psflow_graph::Tensor::scalar(0.01f32)),
+    ];
+    let mut args: Vec<String> = vec!["run".into(), "--graph".into(), g.display().to_string()];
+    for (name, t) in &feeds {
+        let f = dir.path().join(format!("{}.npy", name.replace('/', "_")));
+        npy::write(&f, t).unwrap();
+        args.push("--feed".into());
+        args.push(format!("{name}={}", f.display()));
+    }
+    let out = dir.path().join("out");
+    for (flag, value) in [
+        ("--init", "init"),
+        ("--target", target),
+        ("--fetch", step["total_loss"].as_str().unwrap()),
+        ("--fetch", step["cross_entropy_loss"].as_str().unwrap()),
+        ("--fetch", step["regularization_loss"].as_str().unwrap()),
+        ("--out-dir", out.to_str().unwrap()),
+    ] {
+        args.push(flag.into());
+        args.push(value.into());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = psflow(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let read = |fetch: &str| -> f64 {
+        let file = out.join(format!("{}.npy", fetch.replace(['/', ':'], "_")));
+        npy::read(&file).unwrap().to_f64_vec()[0]
+    };
+    let (total, xent, reg) = (
+        read(step["total_loss"].as_str().unwrap()),
+        read(step["cross_entropy_loss"].as_str().unwrap()),
+        read(step["regularization_loss"].as_str().unwrap()),
+    );
+    assert!(xent.is_finite() && xent > 0.0, "{xent}");
+    assert!(reg > 0.0, "{reg}");
+    assert!(
+        (total - (xent + reg)).abs() < 1e-4 * total,
+        "{total} vs {xent} + {reg}"
+    );
+
+    // A target that is not a node is named.
+    let o = psflow(&[
+        "run",
+        "--graph",
+        g.to_str().unwrap(),
+        "--target",
+        "no_such_op",
+        "--fetch",
+        step["total_loss"].as_str().unwrap(),
+        "--out-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--target \"no_such_op\""),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -3,7 +3,7 @@
 //! batches: losses step by step and every variable at the end agree within
 //! the TF32 tolerance (the pointwise convolutions run on TF32 tensor
 //! cores), and the step copies nothing from the device to the host but
-//! its fetches.
+//! its fetches. It runs on every GPU the machine has.
 //!
 //! Needs a CUDA GPU (compute capability ≥ 8.0), so `#[ignore]`d: run with
 //! `PSFLOW_CUDA_TESTS=1 scripts/test` or `cargo test -p psflow-graph --test
@@ -27,7 +27,21 @@ const VARIABLE_TOL: f64 = 5e-2;
 #[test]
 #[ignore = "needs a CUDA GPU: PSFLOW_CUDA_TESTS=1 scripts/test"]
 fn mobilenet_20_steps_on_the_gpu_match_the_cpu() {
-    let device = CudaDevice::new(0).unwrap_or_else(|e| panic!("this test needs a CUDA GPU: {e}"));
+    // Written once, run on every GPU of the machine.
+    let count = psflow_kernels::cuda::cuda_device_count()
+        .unwrap_or_else(|e| panic!("this test needs a CUDA GPU: {e}"));
+    assert!(
+        count > 0,
+        "this test needs a CUDA GPU: the driver reports none"
+    );
+    for ordinal in 0..count {
+        let device = CudaDevice::new(ordinal)
+            .unwrap_or_else(|e| panic!("cuda:{ordinal} cannot be opened: {e}"));
+        twenty_steps_match(device);
+    }
+}
+
+fn twenty_steps_match(device: std::sync::Arc<CudaDevice>) {
     let mut m = ModelSpec {
         arch: "mobilenet".parse::<Architecture>().unwrap(),
         alpha: 0.25,

@@ -4,7 +4,8 @@
 //! stride 2, odd sizes, batch 1. TF32 tolerance `3e-3 · max|cpu|`. And the
 //! depthwise gradients' 3×3 kernels (shared-memory input gradient, all-taps
 //! filter gradient) and their general kernels, each against the CPU (f32:
-//! `1e-5 · max|cpu|`), on tiles that do not divide the image.
+//! `1e-5 · max|cpu|`), on tiles that do not divide the image. Each test
+//! runs on every GPU the machine has.
 //!
 //! Needs a CUDA GPU, so `#[ignore]`d: `PSFLOW_CUDA_TESTS=1 scripts/test`
 //! or `cargo test -p psflow-kernels --test cuda_conv -- --ignored`; without
@@ -18,6 +19,19 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const TF32_TOL: f32 = 3e-3;
+
+/// Every GPU of the machine: each test is written once and runs on all.
+fn gpus() -> Vec<std::sync::Arc<CudaDevice>> {
+    let count = psflow_kernels::cuda::cuda_device_count()
+        .unwrap_or_else(|e| panic!("this test needs a CUDA GPU: {e}"));
+    assert!(
+        count > 0,
+        "this test needs a CUDA GPU: the driver reports none"
+    );
+    (0..count)
+        .map(|n| CudaDevice::new(n).unwrap_or_else(|e| panic!("cuda:{n} cannot be opened: {e}")))
+        .collect()
+}
 
 /// (input NHWC, filter HWIO, strides, padding).
 type Case = ([usize; 4], [usize; 4], [usize; 2], Padding);
@@ -53,91 +67,94 @@ fn assert_close_tol(what: &str, got: &Tensor, want: &Tensor, tol: f32) {
 #[test]
 #[ignore = "needs a CUDA GPU: PSFLOW_CUDA_TESTS=1 scripts/test"]
 fn conv2d_and_its_gradients_match_the_cpu() {
-    let gpu = CudaDevice::new(0).unwrap_or_else(|e| panic!("this test needs a CUDA GPU: {e}"));
-    let mut rng = StdRng::seed_from_u64(5);
-    let cases: [Case; 5] = [
-        ([4, 32, 32, 3], [3, 3, 3, 16], [2, 2], Padding::Same),
-        ([1, 7, 9, 5], [2, 5, 5, 6], [1, 1], Padding::Valid),
-        ([2, 9, 9, 4], [1, 1, 4, 7], [2, 2], Padding::Same),
-        ([3, 8, 8, 33], [3, 3, 33, 65], [1, 1], Padding::Same),
-        ([2, 6, 5, 2], [3, 3, 2, 3], [2, 1], Padding::Valid),
-    ];
-    for (x_shape, f_shape, strides, padding) in cases {
-        let p = Conv2dParams { strides, padding };
-        let what = format!("x {x_shape:?} f {f_shape:?} s {strides:?} {padding:?}");
-        let (x, f) = (random(&mut rng, &x_shape), random(&mut rng, &f_shape));
-        let y = conv::conv2d(&x, &f, &p).unwrap();
-        let (dx_, df_) = (gpu.upload(&x).unwrap(), gpu.upload(&f).unwrap());
-        let got = gpu.conv2d(&dx_, &df_, &p).unwrap();
-        assert_close(&format!("Conv2D {what}"), &gpu.download(&got).unwrap(), &y);
+    for gpu in gpus() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let cases: [Case; 5] = [
+            ([4, 32, 32, 3], [3, 3, 3, 16], [2, 2], Padding::Same),
+            ([1, 7, 9, 5], [2, 5, 5, 6], [1, 1], Padding::Valid),
+            ([2, 9, 9, 4], [1, 1, 4, 7], [2, 2], Padding::Same),
+            ([3, 8, 8, 33], [3, 3, 33, 65], [1, 1], Padding::Same),
+            ([2, 6, 5, 2], [3, 3, 2, 3], [2, 1], Padding::Valid),
+        ];
+        for (x_shape, f_shape, strides, padding) in cases {
+            let p = Conv2dParams { strides, padding };
+            let what = format!("x {x_shape:?} f {f_shape:?} s {strides:?} {padding:?}");
+            let (x, f) = (random(&mut rng, &x_shape), random(&mut rng, &f_shape));
+            let y = conv::conv2d(&x, &f, &p).unwrap();
+            let (dx_, df_) = (gpu.upload(&x).unwrap(), gpu.upload(&f).unwrap());
+            let got = gpu.conv2d(&dx_, &df_, &p).unwrap();
+            assert_close(&format!("Conv2D {what}"), &gpu.download(&got).unwrap(), &y);
 
-        let dy = random(&mut rng, y.shape());
-        let ddy = gpu.upload(&dy).unwrap();
-        let want = conv::conv2d_backprop_input(x_shape, &f, &dy, &p).unwrap();
-        let got = gpu.conv2d_backprop_input(x_shape, &df_, &ddy, &p).unwrap();
-        assert_close(
-            &format!("Conv2DBackpropInput {what}"),
-            &gpu.download(&got).unwrap(),
-            &want,
-        );
-        let want = conv::conv2d_backprop_filter(&x, f_shape, &dy, &p).unwrap();
-        let got = gpu.conv2d_backprop_filter(&dx_, f_shape, &ddy, &p).unwrap();
-        assert_close(
-            &format!("Conv2DBackpropFilter {what}"),
-            &gpu.download(&got).unwrap(),
-            &want,
-        );
+            let dy = random(&mut rng, y.shape());
+            let ddy = gpu.upload(&dy).unwrap();
+            let want = conv::conv2d_backprop_input(x_shape, &f, &dy, &p).unwrap();
+            let got = gpu.conv2d_backprop_input(x_shape, &df_, &ddy, &p).unwrap();
+            assert_close(
+                &format!("Conv2DBackpropInput {what}"),
+                &gpu.download(&got).unwrap(),
+                &want,
+            );
+            let want = conv::conv2d_backprop_filter(&x, f_shape, &dy, &p).unwrap();
+            let got = gpu.conv2d_backprop_filter(&dx_, f_shape, &ddy, &p).unwrap();
+            assert_close(
+                &format!("Conv2DBackpropFilter {what}"),
+                &gpu.download(&got).unwrap(),
+                &want,
+            );
+        }
     }
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU: PSFLOW_CUDA_TESTS=1 scripts/test"]
 fn depthwise_gradient_kernels_match_the_cpu_on_both_paths() {
-    let gpu = CudaDevice::new(0).unwrap_or_else(|e| panic!("this test needs a CUDA GPU: {e}"));
-    let mut rng = StdRng::seed_from_u64(9);
-    let cases: [Case; 6] = [
-        // MobileNet's stages: 3×3, strides 1 and 2, SAME.
-        ([2, 16, 16, 64], [3, 3, 64, 1], [1, 1], Padding::Same),
-        ([2, 16, 16, 64], [3, 3, 64, 1], [2, 2], Padding::Same),
-        // Odd sizes, channels not a multiple of 32, tiles overhanging.
-        ([3, 13, 11, 37], [3, 3, 37, 1], [1, 1], Padding::Same),
-        ([1, 9, 7, 5], [3, 3, 5, 1], [2, 2], Padding::Same),
-        ([2, 10, 9, 33], [3, 3, 33, 1], [2, 2], Padding::Valid),
-        // A multiplier: the input gradient takes the general kernel.
-        ([2, 8, 8, 6], [3, 3, 6, 2], [1, 1], Padding::Same),
-    ];
-    for (x_shape, f_shape, strides, padding) in cases {
-        let p = Conv2dParams { strides, padding };
-        let what = format!("x {x_shape:?} f {f_shape:?} s {strides:?} {padding:?}");
-        let (x, f) = (random(&mut rng, &x_shape), random(&mut rng, &f_shape));
-        let y = depthwise::depthwise_conv2d(&x, &f, &p).unwrap();
-        let dy = random(&mut rng, y.shape());
-        let want_dx = depthwise::depthwise_conv2d_backprop_input(x_shape, &f, &dy, &p).unwrap();
-        let want_df = depthwise::depthwise_conv2d_backprop_filter(&x, f_shape, &dy, &p).unwrap();
-        let (dx_, df_, ddy) = (
-            gpu.upload(&x).unwrap(),
-            gpu.upload(&f).unwrap(),
-            gpu.upload(&dy).unwrap(),
-        );
-        for path in [DepthwisePath::Auto, DepthwisePath::General] {
-            let got = gpu
-                .depthwise_conv2d_backprop_input_with(x_shape, &df_, &ddy, &p, path)
-                .unwrap();
-            assert_close_tol(
-                &format!("backprop input {path:?} {what}"),
-                &gpu.download(&got).unwrap(),
-                &want_dx,
-                1e-5,
+    for gpu in gpus() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let cases: [Case; 6] = [
+            // MobileNet's stages: 3×3, strides 1 and 2, SAME.
+            ([2, 16, 16, 64], [3, 3, 64, 1], [1, 1], Padding::Same),
+            ([2, 16, 16, 64], [3, 3, 64, 1], [2, 2], Padding::Same),
+            // Odd sizes, channels not a multiple of 32, tiles overhanging.
+            ([3, 13, 11, 37], [3, 3, 37, 1], [1, 1], Padding::Same),
+            ([1, 9, 7, 5], [3, 3, 5, 1], [2, 2], Padding::Same),
+            ([2, 10, 9, 33], [3, 3, 33, 1], [2, 2], Padding::Valid),
+            // A multiplier: the input gradient takes the general kernel.
+            ([2, 8, 8, 6], [3, 3, 6, 2], [1, 1], Padding::Same),
+        ];
+        for (x_shape, f_shape, strides, padding) in cases {
+            let p = Conv2dParams { strides, padding };
+            let what = format!("x {x_shape:?} f {f_shape:?} s {strides:?} {padding:?}");
+            let (x, f) = (random(&mut rng, &x_shape), random(&mut rng, &f_shape));
+            let y = depthwise::depthwise_conv2d(&x, &f, &p).unwrap();
+            let dy = random(&mut rng, y.shape());
+            let want_dx = depthwise::depthwise_conv2d_backprop_input(x_shape, &f, &dy, &p).unwrap();
+            let want_df =
+                depthwise::depthwise_conv2d_backprop_filter(&x, f_shape, &dy, &p).unwrap();
+            let (dx_, df_, ddy) = (
+                gpu.upload(&x).unwrap(),
+                gpu.upload(&f).unwrap(),
+                gpu.upload(&dy).unwrap(),
             );
-            let got = gpu
-                .depthwise_conv2d_backprop_filter_with(&dx_, f_shape, &ddy, &p, path)
-                .unwrap();
-            assert_close_tol(
-                &format!("backprop filter {path:?} {what}"),
-                &gpu.download(&got).unwrap(),
-                &want_df,
-                1e-5,
-            );
+            for path in [DepthwisePath::Auto, DepthwisePath::General] {
+                let got = gpu
+                    .depthwise_conv2d_backprop_input_with(x_shape, &df_, &ddy, &p, path)
+                    .unwrap();
+                assert_close_tol(
+                    &format!("backprop input {path:?} {what}"),
+                    &gpu.download(&got).unwrap(),
+                    &want_dx,
+                    1e-5,
+                );
+                let got = gpu
+                    .depthwise_conv2d_backprop_filter_with(&dx_, f_shape, &ddy, &p, path)
+                    .unwrap();
+                assert_close_tol(
+                    &format!("backprop filter {path:?} {what}"),
+                    &gpu.download(&got).unwrap(),
+                    &want_df,
+                    1e-5,
+                );
+            }
         }
     }
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
-use psflow_graph::train::optimizer::{MomentumConfig, Optimizer, RmsPropConfig, SgdConfig};
+use psflow_graph::train::optimizer::Optimizer;
 use psflow_graph::train::schedule::{ConstantLr, LrSchedule};
 use psflow_graph::zoo::Architecture;
 use psflow_graph::{Schedule, Tensor};
@@ -119,11 +119,8 @@ pub fn run(args: &BenchTrainArgs) -> std::result::Result<(), (bool, anyhow::Erro
         classes: args.classes,
         batch_size: args.batch_size,
         seed: 1,
-        optimizer: match args.optimizer.as_str() {
-            "momentum" => Optimizer::Momentum(MomentumConfig::default()),
-            "sgd" => Optimizer::Sgd(SgdConfig::default()),
-            _ => Optimizer::RmsProp(RmsPropConfig::default()),
-        },
+        // clap admits only rmsprop, momentum and sgd.
+        optimizer: Optimizer::with_defaults(&args.optimizer).unwrap_or_default(),
         schedule: LrSchedule::Constant(ConstantLr { lr: 0.01 }),
         weight_decay: 4e-5,
         augment: "none".into(),

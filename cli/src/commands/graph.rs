@@ -12,6 +12,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use psflow_graph::summary::{summarize, Summary};
+use psflow_graph::train::builder::{TrainConfig, TrainGraph};
+use psflow_graph::train::optimizer::Optimizer;
 use psflow_graph::zoo::{Architecture, Model, ModelSpec};
 use psflow_graph::Graph;
 use serde_json::{json, Value};
@@ -50,10 +52,24 @@ pub struct BuildArgs {
     /// `--model mobilenet-standard`.
     #[arg(long, value_parser = ["separable", "standard"])]
     pub conv: Option<String>,
-    /// The training forward graph (BN in training mode with moving-average
-    /// updates, dropout, a `labels` placeholder) instead of inference.
+    /// The training graph instead of inference: the forward pass in
+    /// training mode (BN on batch statistics with moving-average updates,
+    /// dropout, a `labels` placeholder), the losses, the gradients and the
+    /// optimizer updates (target `train_op`, feed `learning_rate`), as
+    /// `psflow train` runs it.
     #[arg(long)]
     pub train: bool,
+    /// With --train: the optimizer (default hyper-parameters; TF-slim's
+    /// RMSProp ρ 0.9, μ 0.9, ε 1).
+    #[arg(long, default_value = "rmsprop", value_parser = ["rmsprop", "momentum", "sgd", "adam"], requires = "train")]
+    pub optimizer: String,
+    /// With --train: the L2 weight-decay λ (loss λ·Σw²/2).
+    #[arg(long, default_value_t = 4e-5, requires = "train")]
+    pub weight_decay: f32,
+    /// With --train: only the forward pass in training mode (no losses,
+    /// gradients or optimizer).
+    #[arg(long, requires = "train")]
+    pub forward_only: bool,
     /// Graph-level seed of the random initialisers.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -147,11 +163,26 @@ fn build(args: &BuildArgs) -> Result<()> {
         anyhow::anyhow!("{flag} {}: {e}", flag_value(args, e.field))
     })?;
     let s = summarize(&model.graph).context("summarising the built graph")?;
+    let mut model = model;
+    let training = if args.train && !args.forward_only {
+        let optimizer = Optimizer::with_defaults(&args.optimizer)
+            .ok_or_else(|| anyhow::anyhow!("--optimizer {}: unknown", args.optimizer))?;
+        Some(
+            model
+                .add_training(&TrainConfig {
+                    optimizer,
+                    weight_decay: args.weight_decay,
+                })
+                .context("adding the training step")?,
+        )
+    } else {
+        None
+    };
     write_atomically(&args.out, &model.graph.to_graph_def_bytes())?;
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&build_json(args, &model, &s))?
+            serde_json::to_string_pretty(&build_json(args, &model, &s, training.as_ref()))?
         );
     } else {
         println!(
@@ -180,6 +211,18 @@ fn build(args: &BuildArgs) -> Result<()> {
             model.init,
             r = model.resolution
         );
+        if let Some(t) = &training {
+            println!(
+                "training step: target {:?}, feed {} (the learning rate); losses {} (total), {} \
+                 (cross-entropy), {} (regularization); {} optimizer",
+                t.train_op,
+                t.learning_rate,
+                t.total_loss,
+                t.cross_entropy_loss,
+                t.regularization_loss,
+                args.optimizer
+            );
+        }
     }
     Ok(())
 }
@@ -193,7 +236,7 @@ fn flag_value(args: &BuildArgs, field: &str) -> String {
     }
 }
 
-fn build_json(args: &BuildArgs, m: &Model, s: &Summary) -> Value {
+fn build_json(args: &BuildArgs, m: &Model, s: &Summary, t: Option<&TrainGraph>) -> Value {
     let trainable: Vec<Value> = m
         .trainable
         .iter()
@@ -217,6 +260,17 @@ fn build_json(args: &BuildArgs, m: &Model, s: &Summary) -> Value {
         "macs": s.macs,
         "trainable": trainable,
         "moving_average_updates": m.moving_average_updates,
+        "train_step": t.map(|t| json!({
+            "target": t.train_op,
+            "learning_rate": t.learning_rate.to_string(),
+            "total_loss": t.total_loss.to_string(),
+            "cross_entropy_loss": t.cross_entropy_loss.to_string(),
+            "regularization_loss": t.regularization_loss.to_string(),
+            "global_step": t.global_step,
+            "optimizer": args.optimizer,
+            // As written on the command line (4e-5, not its f32 widened).
+            "weight_decay": args.weight_decay.to_string().parse::<f64>().unwrap_or_default(),
+        })),
     })
 }
 

@@ -22,6 +22,10 @@ pub struct Args {
     /// `NAME=FILE.npy` pairs as given.
     pub feeds: Vec<String>,
     pub fetches: Vec<String>,
+    /// Nodes run first, one run each, in order.
+    pub inits: Vec<String>,
+    /// Nodes run with the fetches.
+    pub targets: Vec<String>,
     pub out_dir: PathBuf,
     pub json: bool,
 }
@@ -97,7 +101,20 @@ pub fn execute(args: &Args) -> Result<RunReport> {
     }
 
     let graph = Graph::load(&args.graph)?;
+    for (flag, names) in [("--init", &args.inits), ("--target", &args.targets)] {
+        if let Some(n) = names.iter().find(|n| graph.node(n).is_none()) {
+            bail!(
+                "{flag} {n:?}: no such node in {} (give a node name, not a tensor)",
+                args.graph.display()
+            );
+        }
+    }
     let session = Session::new(graph)?;
+    for init in &args.inits {
+        session
+            .run(&[], &[], std::slice::from_ref(init))
+            .with_context(|| format!("running --init {init}"))?;
+    }
     let mut feeds = Vec::with_capacity(feeds_spec.len());
     for (name, path) in feeds_spec {
         let t = npy::read(&path).with_context(|| format!("feed {name}"))?;
@@ -105,7 +122,7 @@ pub fn execute(args: &Args) -> Result<RunReport> {
     }
 
     let t0 = Instant::now();
-    let outputs = session.run(&feeds, &fetches, &[])?;
+    let outputs = session.run(&feeds, &fetches, &args.targets)?;
     let run_seconds = t0.elapsed().as_secs_f64();
 
     let reports = write_all(&args.out_dir, &args.fetches, &outputs)?;

@@ -12,9 +12,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use psflow_graph::train::optimizer::{
-    AdamConfig, MomentumConfig, Optimizer, RmsPropConfig, SgdConfig,
-};
+use psflow_graph::train::optimizer::Optimizer;
 use psflow_graph::train::schedule::{ConstantLr, CosineDecay, ExponentialDecay, LrSchedule};
 use psflow_graph::zoo::Architecture;
 use psflow_worker::data::{DatasetKind, Pipeline, PipelineConfig};
@@ -143,12 +141,8 @@ fn parse_arch(s: &str) -> Result<Architecture, String> {
 
 impl JobArgs {
     fn optimizer(&self) -> Optimizer {
-        match self.optimizer.as_str() {
-            "momentum" => Optimizer::Momentum(MomentumConfig::default()),
-            "sgd" => Optimizer::Sgd(SgdConfig::default()),
-            "adam" => Optimizer::Adam(AdamConfig::default()),
-            _ => Optimizer::RmsProp(RmsPropConfig::default()),
-        }
+        // clap admits only the four names.
+        Optimizer::with_defaults(&self.optimizer).unwrap_or_default()
     }
 
     fn schedule(&self) -> LrSchedule {

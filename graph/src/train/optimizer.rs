@@ -115,6 +115,20 @@ impl Default for Optimizer {
     }
 }
 
+impl Optimizer {
+    /// The optimizer named `name` (`rmsprop`, `momentum`, `sgd`, `adam`)
+    /// with its default hyper-parameters; `None` for another name.
+    pub fn with_defaults(name: &str) -> Option<Optimizer> {
+        Some(match name {
+            "rmsprop" => Optimizer::RmsProp(RmsPropConfig::default()),
+            "momentum" => Optimizer::Momentum(MomentumConfig::default()),
+            "sgd" => Optimizer::Sgd(SgdConfig::default()),
+            "adam" => Optimizer::Adam(AdamConfig::default()),
+            _ => return None,
+        })
+    }
+}
+
 /// What [`Optimizer::add_to_graph`] added.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct OptimizerOps {
