@@ -28,15 +28,9 @@ const VARIABLE_TOL: f64 = 5e-2;
 #[ignore = "needs a CUDA GPU: PSFLOW_CUDA_TESTS=1 scripts/test"]
 fn mobilenet_20_steps_on_the_gpu_match_the_cpu() {
     // Written once, run on every GPU of the machine.
-    let count = psflow_kernels::cuda::cuda_device_count()
-        .unwrap_or_else(|e| panic!("this test needs a CUDA GPU: {e}"));
-    assert!(
-        count > 0,
-        "this test needs a CUDA GPU: the driver reports none"
-    );
-    for ordinal in 0..count {
-        let device = CudaDevice::new(ordinal)
-            .unwrap_or_else(|e| panic!("cuda:{ordinal} cannot be opened: {e}"));
+    for device in
+        CudaDevice::open_all().unwrap_or_else(|e| panic!("this test needs a CUDA GPU: {e}"))
+    {
         twenty_steps_match(device);
     }
 }

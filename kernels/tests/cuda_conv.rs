@@ -22,15 +22,7 @@ const TF32_TOL: f32 = 3e-3;
 
 /// Every GPU of the machine: each test is written once and runs on all.
 fn gpus() -> Vec<std::sync::Arc<CudaDevice>> {
-    let count = psflow_kernels::cuda::cuda_device_count()
-        .unwrap_or_else(|e| panic!("this test needs a CUDA GPU: {e}"));
-    assert!(
-        count > 0,
-        "this test needs a CUDA GPU: the driver reports none"
-    );
-    (0..count)
-        .map(|n| CudaDevice::new(n).unwrap_or_else(|e| panic!("cuda:{n} cannot be opened: {e}")))
-        .collect()
+    CudaDevice::open_all().unwrap_or_else(|e| panic!("this test needs a CUDA GPU: {e}"))
 }
 
 /// (input NHWC, filter HWIO, strides, padding).

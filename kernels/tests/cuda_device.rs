@@ -88,3 +88,27 @@ fn cublas_is_probed_and_its_absence_is_a_clear_error() {
         assert!(matches!(err, Error::DeviceUnavailable { .. }), "{err:?}");
     }
 }
+
+/// `CudaDevice::open_all`: every device the driver reports, or an error
+/// saying why there is none.
+#[test]
+fn open_all_opens_every_device_or_says_why_there_is_none() {
+    match cuda::cuda_device_count() {
+        Ok(n) if n > 0 => {
+            let all = cuda::CudaDevice::open_all().unwrap();
+            assert_eq!(all.len(), n);
+            for (i, d) in all.iter().enumerate() {
+                assert_eq!(d.ordinal(), i);
+            }
+        }
+        Ok(_) => {
+            let err = cuda::CudaDevice::open_all().unwrap_err().to_string();
+            assert!(err.contains("no device"), "{err}");
+        }
+        Err(why) => {
+            let err = cuda::CudaDevice::open_all().unwrap_err();
+            assert!(matches!(err, Error::DeviceUnavailable { .. }), "{err:?}");
+            assert!(err.to_string().contains(&why), "{err} vs {why}");
+        }
+    }
+}

@@ -38,17 +38,8 @@ const TF32_TOL: f32 = 3e-3;
 fn gpus() -> Vec<Arc<CudaDevice>> {
     static DEVS: OnceLock<Vec<Arc<CudaDevice>>> = OnceLock::new();
     DEVS.get_or_init(|| {
-        let count = psflow_kernels::cuda::cuda_device_count()
-            .unwrap_or_else(|e| panic!("these tests need a CUDA GPU ({NEEDS_GPU}): {e}"));
-        assert!(
-            count > 0,
-            "these tests need a CUDA GPU ({NEEDS_GPU}): the driver reports none"
-        );
-        (0..count)
-            .map(|n| {
-                CudaDevice::new(n).unwrap_or_else(|e| panic!("cuda:{n} cannot be opened: {e}"))
-            })
-            .collect()
+        CudaDevice::open_all()
+            .unwrap_or_else(|e| panic!("these tests need a CUDA GPU ({NEEDS_GPU}): {e}"))
     })
     .clone()
 }
@@ -858,12 +849,8 @@ fn momentum_and_adam_match_cpu_bit_for_bit() {
 #[test]
 #[ignore = "needs a CUDA GPU: PSFLOW_CUDA_TESTS=1 scripts/test"]
 fn a_repeated_step_allocates_nothing_new_and_async_copies_round_trip() {
-    let count =
-        psflow_kernels::cuda::cuda_device_count().unwrap_or_else(|e| panic!("{NEEDS_GPU}: {e}"));
-    assert!(count > 0, "{NEEDS_GPU}: the driver reports none");
-    for ordinal in 0..count {
-        // A device of its own: its pool is not shared with other tests.
-        let dev = CudaDevice::new(ordinal).unwrap_or_else(|e| panic!("{NEEDS_GPU}: {e}"));
+    // Devices of its own: their pools are not shared with other tests.
+    for dev in CudaDevice::open_all().unwrap_or_else(|e| panic!("{NEEDS_GPU}: {e}")) {
         let mut rng = StdRng::seed_from_u64(17);
         let x = random(&mut rng, &[4, 8, 8, 40]);
         let f = random(&mut rng, &[3, 3, 40, 1]);

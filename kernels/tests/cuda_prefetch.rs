@@ -27,15 +27,7 @@ const STEPS: usize = 5;
 /// shared with the tests running beside it.
 /// (Each test is written once and runs on every GPU of the machine.)
 fn own_gpus() -> Vec<Arc<CudaDevice>> {
-    let count = psflow_kernels::cuda::cuda_device_count()
-        .unwrap_or_else(|e| panic!("these tests {NEEDS_GPU}: {e}"));
-    assert!(
-        count > 0,
-        "these tests {NEEDS_GPU}: the driver reports none"
-    );
-    (0..count)
-        .map(|n| CudaDevice::new(n).unwrap_or_else(|e| panic!("these tests {NEEDS_GPU}: {e}")))
-        .collect()
+    CudaDevice::open_all().unwrap_or_else(|e| panic!("these tests {NEEDS_GPU}: {e}"))
 }
 
 fn random(rng: &mut StdRng, shape: &[usize]) -> Tensor {

@@ -113,6 +113,23 @@ pub(crate) fn driver_err(op: &'static str) -> impl Fn(DriverError) -> Error {
 }
 
 impl CudaDevice {
+    /// Every CUDA device the driver reports, opened in ordinal order: an
+    /// error when there is none, or naming the one that cannot be opened.
+    pub fn open_all() -> Result<Vec<Arc<CudaDevice>>> {
+        let count =
+            super::device::cuda_device_count().map_err(|reason| Error::DeviceUnavailable {
+                device: "cuda".into(),
+                reason,
+            })?;
+        if count == 0 {
+            return Err(Error::DeviceUnavailable {
+                device: "cuda".into(),
+                reason: "the CUDA driver reports no device".into(),
+            });
+        }
+        (0..count).map(CudaDevice::new).collect()
+    }
+
     /// Opens CUDA device `ordinal` (its primary context) with two new
     /// streams: compute and copies.
     /// An error, never a panic, when the driver or the device is missing or
