@@ -3,15 +3,16 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use psflow_kernels::cuda::{CudaDevice, DeviceTensor};
 use psflow_kernels::Tensor;
 
 use super::ops;
 use super::place::{self, Where, SHAPE_ONLY};
-use crate::executor::{Rendezvous, ResourceStore, Session};
+use crate::executor::{Rendezvous, ResourceStore, Session, DEFAULT_RECV_TIMEOUT};
 use crate::ir::{Node, TensorName};
-use crate::registry::{OpContext, Registry};
+use crate::registry::{check_received, OpContext, Registry};
 use crate::{DType, Error, Graph, Result};
 
 /// A value of a run: on the host or on the device (shared, so a variable
@@ -48,6 +49,8 @@ pub struct CudaSession {
     counts: Mutex<TransferCounts>,
     /// Where the graph's `_Send`s and `_Recv`s (host ops) meet their peers.
     rendezvous: Option<Arc<dyn Rendezvous>>,
+    /// How long a `_Recv` waits for its value.
+    recv_timeout: Duration,
 }
 
 impl CudaSession {
@@ -66,7 +69,15 @@ impl CudaSession {
             consts: Mutex::new(HashMap::new()),
             counts: Mutex::new(TransferCounts::default()),
             rendezvous: None,
+            recv_timeout: DEFAULT_RECV_TIMEOUT,
         })
+    }
+
+    /// How long a run waits for one `_Recv` before failing with an error
+    /// naming its key (default [`DEFAULT_RECV_TIMEOUT`]).
+    pub fn with_recv_timeout(mut self, timeout: Duration) -> CudaSession {
+        self.recv_timeout = timeout;
+        self
     }
 
     /// The graph's `_Send`s and `_Recv`s meet their peers in `rendezvous`
@@ -294,6 +305,27 @@ impl CudaSession {
         node: &Node,
         inputs: Vec<Value>,
     ) -> Result<Vec<Value>> {
+        if let Some(key) = self.host.kernels[id].recv_key() {
+            // A receive waits as long as this session allows, and must be
+            // what it declares.
+            let r = self
+                .rendezvous
+                .as_deref()
+                .ok_or_else(|| Error::NoRendezvous {
+                    node: node.name.clone(),
+                    op: node.op.clone(),
+                })?;
+            let t = r.recv(key, Instant::now() + self.recv_timeout)?;
+            let info = &self.host.infos[id][0];
+            let dtype = info.dtype.unwrap_or(t.dtype());
+            return Ok(vec![Value::Host(check_received(
+                node,
+                key,
+                dtype,
+                &info.shape,
+                t,
+            )?)]);
+        }
         if SHAPE_ONLY.contains(&node.op.as_str()) {
             if let [Value::Dev(d)] = inputs.as_slice() {
                 return Ok(vec![Value::Host(shape_tensor(node, d.shape())?)]);

@@ -142,7 +142,7 @@ enum StepSession {
     /// `_Recv`s take them, the gradients downloaded as their `_Send`s send
     /// them (the transfers a parameter server implies); everything between
     /// stays on the device.
-    Gpu(CudaSession),
+    Gpu(Box<CudaSession>),
 }
 
 impl StepSession {
@@ -312,15 +312,16 @@ impl Task {
             ),
             Some(device) => {
                 tracing::info!(job = spec.job_id, worker = spec.worker, device = %device.name(), "steps run on the GPU");
-                StepSession::Gpu(
+                StepSession::Gpu(Box::new(
                     CudaSession::new(
                         graph,
                         &Registry::standard(),
                         Arc::new(ResourceStore::new()),
                         device,
                     )?
-                    .with_rendezvous(rendezvous.clone()),
-                )
+                    .with_rendezvous(rendezvous.clone())
+                    .with_recv_timeout(pull_timeout),
+                ))
             }
         };
         Ok(Task {
