@@ -11,7 +11,7 @@ use psflow_coordinator::partition::training::{
     split_training, Hyper, PushKind, TrainingPlan, TrainingSplitConfig, VarRole,
 };
 use psflow_coordinator::placement::PlacementConfig;
-use psflow_graph::train::builder::{build_training_graph, TrainConfig, TrainGraph, TrainableVar};
+use psflow_graph::train::builder::{TrainConfig, TrainGraph};
 use psflow_graph::zoo::{Architecture, ModelSpec};
 use psflow_graph::{
     Graph, LocalRendezvous, Rendezvous, RendezvousKey, Session, Tensor, TensorName,
@@ -34,26 +34,7 @@ fn setup() -> Setup {
     }
     .build()
     .unwrap();
-    let vars: Vec<TrainableVar> = model
-        .trainable
-        .iter()
-        .map(|v| TrainableVar {
-            name: v.name.clone(),
-            shape: v.shape.clone(),
-            regularize: v.regularize,
-        })
-        .collect();
-    let labels = model.labels.clone().unwrap();
-    let (logits, updates) = (model.logits.clone(), model.moving_average_updates.clone());
-    let tg = build_training_graph(
-        &mut model.graph,
-        &logits,
-        &labels,
-        &vars,
-        &updates,
-        &TrainConfig::default(),
-    )
-    .unwrap();
+    let tg = model.add_training(&TrainConfig::default()).unwrap();
     let n = 4 * 16 * 16 * 3;
     let x: Vec<f32> = (0..n)
         .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
@@ -63,7 +44,10 @@ fn setup() -> Setup {
             model.input.clone(),
             Tensor::new(vec![4, 16, 16, 3], x).unwrap(),
         ),
-        (labels, Tensor::new(vec![4], vec![1i32, 3, 5, 7]).unwrap()),
+        (
+            model.labels.clone().unwrap(),
+            Tensor::new(vec![4], vec![1i32, 3, 5, 7]).unwrap(),
+        ),
     ];
     Setup {
         graph: model.graph,

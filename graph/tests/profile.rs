@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use psflow_graph::train::builder::{build_training_graph, TrainConfig, TrainGraph, TrainableVar};
+use psflow_graph::train::builder::{TrainConfig, TrainGraph};
 use psflow_graph::zoo::{mobilenet_v1, MobileNetConfig, Model};
 use psflow_graph::{Profile, Registry, ResourceStore, Schedule, Session, Tensor, TensorName};
 
@@ -22,27 +22,7 @@ fn training_session() -> (Session, Model, TrainGraph) {
         ..MobileNetConfig::default()
     })
     .unwrap();
-    let vars: Vec<TrainableVar> = model
-        .trainable
-        .iter()
-        .map(|v| TrainableVar {
-            name: v.name.clone(),
-            shape: v.shape.clone(),
-            regularize: v.regularize,
-        })
-        .collect();
-    let logits = model.logits.clone();
-    let labels = model.labels.clone().unwrap();
-    let updates = model.moving_average_updates.clone();
-    let tg = build_training_graph(
-        &mut model.graph,
-        &logits,
-        &labels,
-        &vars,
-        &updates,
-        &TrainConfig::default(),
-    )
-    .unwrap();
+    let tg = model.add_training(&TrainConfig::default()).unwrap();
     let session = Session::with_resources(
         model.graph.clone(),
         &Registry::standard(),

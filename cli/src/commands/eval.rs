@@ -15,7 +15,7 @@ use psflow_worker::data::DatasetKind;
 use psflow_worker::run::RunDir;
 use serde_json::json;
 
-use crate::trainer::{evaluate, load_latest, RunConfig};
+use crate::trainer::{evaluate, evaluate_on_gpu, load_latest, RunConfig};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -122,21 +122,7 @@ fn evaluate_run(
             session
                 .load_variables(&store)
                 .context("copying the checkpoint to the GPU")?;
-            let augment = cfg.augment(&data)?;
-            psflow_worker::task::evaluate_split_with(
-                |images| {
-                    let mut out = session.run(
-                        &[(model.input.clone(), images)],
-                        std::slice::from_ref(&model.logits),
-                        &[],
-                    )?;
-                    Ok(out.remove(0))
-                },
-                data,
-                &augment,
-                args.batch_size,
-            )
-            .context("evaluation on the GPU")?
+            evaluate_on_gpu(&session, &model, cfg, data, args.batch_size)?
         }
     };
     if args.json {

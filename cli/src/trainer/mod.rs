@@ -265,36 +265,15 @@ impl Trainer {
         data: Arc<Dataset>,
         batch_size: usize,
     ) -> Result<EvalResult> {
-        let Some((train, infer)) = &self.gpu else {
+        let Some((_, infer)) = &self.gpu else {
             return evaluate(&self.infer, &self.infer_model, cfg, data, batch_size);
         };
         // The inference graph reads the training graph's current variables.
-        let current = ResourceStore::new();
-        for (name, t) in train
-            .variables()
-            .context("copying the variables from the GPU")?
-        {
-            current.set(&name, t);
-        }
+        self.sync_host()?;
         infer
-            .load_variables(&current)
+            .load_variables(&self.store)
             .context("copying the variables to the GPU's inference graph")?;
-        let augment = cfg.augment(&data)?;
-        let (input, logits) = (&self.infer_model.input, &self.infer_model.logits);
-        psflow_worker::task::evaluate_split_with(
-            |images| {
-                let mut out = infer.run(
-                    &[(input.clone(), images)],
-                    std::slice::from_ref(logits),
-                    &[],
-                )?;
-                Ok(out.remove(0))
-            },
-            data,
-            &augment,
-            batch_size,
-        )
-        .context("evaluation on the GPU")
+        evaluate_on_gpu(infer, &self.infer_model, cfg, data, batch_size)
     }
 
     /// Every entry of the store (variables, slots, global_step, random
@@ -354,6 +333,31 @@ pub fn evaluate(
         batch_size,
     )
     .context("evaluation")
+}
+
+/// [`evaluate`] with the inference model on a GPU (its variables loaded).
+pub fn evaluate_on_gpu(
+    session: &CudaSession,
+    model: &Model,
+    cfg: &RunConfig,
+    data: Arc<Dataset>,
+    batch_size: usize,
+) -> Result<EvalResult> {
+    let augment = cfg.augment(&data)?;
+    psflow_worker::task::evaluate_split_with(
+        |images| {
+            let mut out = session.run(
+                &[(model.input.clone(), images)],
+                std::slice::from_ref(&model.logits),
+                &[],
+            )?;
+            Ok(out.remove(0))
+        },
+        data,
+        &augment,
+        batch_size,
+    )
+    .context("evaluation on the GPU")
 }
 
 /// A checkpoint read back: where it is, its tensors, its manifest.

@@ -12,7 +12,7 @@ use psflow_kernels::{BatchNormParams, BinaryOp, Tensor, UnaryOp};
 use super::place::host_inputs;
 use super::session::{CudaSession, Value};
 use crate::ir::Node;
-use crate::registry::nn::{conv_params, pool_params};
+use crate::registry::nn::{conv_params, four_sizes, pool_params};
 use crate::registry::resource_name;
 use crate::{Error, Result};
 
@@ -59,14 +59,11 @@ impl Args<'_> {
 
     fn sizes4(&mut self, i: usize) -> Result<[usize; 4]> {
         let v = self.ints(i)?;
-        match v[..] {
-            [a, b, c, d] if v.iter().all(|&x| x >= 0) => {
-                Ok([a as usize, b as usize, c as usize, d as usize])
-            }
-            _ => Err(self.err(format!(
+        four_sizes(&v).ok_or_else(|| {
+            self.err(format!(
                 "input {i} must hold 4 non-negative sizes, got {v:?}"
-            ))),
-        }
+            ))
+        })
     }
 
     fn scalar(&mut self, i: usize) -> Result<f32> {

@@ -51,6 +51,8 @@ pub struct CudaSession {
     rendezvous: Option<Arc<dyn Rendezvous>>,
     /// How long a `_Recv` waits for its value.
     recv_timeout: Duration,
+    /// Per graph node: [`place::float_out`], computed once.
+    float_out: Vec<bool>,
 }
 
 impl CudaSession {
@@ -62,8 +64,13 @@ impl CudaSession {
         host: Arc<ResourceStore>,
         device: Arc<CudaDevice>,
     ) -> Result<CudaSession> {
+        let host = Session::with_resources(graph, registry, host)?;
+        let float_out = (0..host.graph().len())
+            .map(|id| place::float_out(&host, id))
+            .collect();
         Ok(CudaSession {
-            host: Session::with_resources(graph, registry, host)?,
+            host,
+            float_out,
             device,
             vars: Mutex::new(HashMap::new()),
             consts: Mutex::new(HashMap::new()),
@@ -205,12 +212,24 @@ impl CudaSession {
                 continue;
             }
             let node = &graph.nodes()[id];
-            self.upload_shared_inputs(id, node, &plan.inputs[pi], &mut slots, &uses_left)?;
+            let kinds: Vec<Where> = plan.inputs[pi]
+                .iter()
+                .map(|&s| match slots[s] {
+                    Some(Value::Dev(_)) => Where::Device,
+                    _ => Where::Host,
+                })
+                .collect();
+            // Uploading inputs below only adds device inputs: the decision
+            // stands.
+            let w = place::decide(&node.op, &kinds, self.float_out[id]);
+            if w == Where::Device {
+                self.upload_shared_inputs(node, &plan.inputs[pi], &mut slots, &uses_left)?;
+            }
             let inputs: Vec<Value> = plan.inputs[pi]
                 .iter()
                 .map(|&s| take(&mut slots, &mut uses_left, s))
                 .collect();
-            let outputs = self.run_node(id, node, inputs)?;
+            let outputs = self.run_node(id, node, w, inputs)?;
             for (port, slot) in plan.outputs[pi].iter().enumerate() {
                 if let Some(s) = *slot {
                     let v = outputs
@@ -249,22 +268,11 @@ impl CudaSession {
     /// (as [`place::plan`] assumes), so the fed images cross once per step.
     fn upload_shared_inputs(
         &self,
-        id: usize,
         node: &Node,
         input_slots: &[usize],
         slots: &mut [Option<Value>],
         uses_left: &[usize],
     ) -> Result<()> {
-        let kinds: Vec<Where> = input_slots
-            .iter()
-            .map(|&s| match slots[s] {
-                Some(Value::Dev(_)) => Where::Device,
-                _ => Where::Host,
-            })
-            .collect();
-        if place::decide(&node.op, &kinds, place::float_out(&self.host, id)) != Where::Device {
-            return Ok(());
-        }
         let params = place::host_inputs(&node.op, input_slots.len());
         for (i, &s) in input_slots.iter().enumerate() {
             if params.contains(&i) || uses_left[s] <= 1 {
@@ -279,15 +287,9 @@ impl CudaSession {
         Ok(())
     }
 
-    fn run_node(&self, id: usize, node: &Node, inputs: Vec<Value>) -> Result<Vec<Value>> {
-        let kinds: Vec<Where> = inputs
-            .iter()
-            .map(|v| match v {
-                Value::Host(_) => Where::Host,
-                Value::Dev(_) => Where::Device,
-            })
-            .collect();
-        match place::decide(&node.op, &kinds, place::float_out(&self.host, id)) {
+    /// Runs `node` where [`place::decide`] put it (`w`).
+    fn run_node(&self, id: usize, node: &Node, w: Where, inputs: Vec<Value>) -> Result<Vec<Value>> {
+        match w {
             Where::Device if node.op == "_Recv" => {
                 let out = self.run_on_host(id, node, inputs)?;
                 out.into_iter()

@@ -136,13 +136,20 @@ fn conv2d(node: &Node) -> Built {
 /// A 4-element size input (input_sizes, filter_sizes, orig_input_shape).
 fn sizes4(ctx: &OpContext, i: usize) -> Result<[usize; 4]> {
     let v = ctx.ints(i)?;
-    match v[..] {
-        [a, b, c, d] if v.iter().all(|&x| x >= 0) => {
-            Ok([a as usize, b as usize, c as usize, d as usize])
-        }
-        _ => Err(ctx.err(format!(
+    four_sizes(&v).ok_or_else(|| {
+        ctx.err(format!(
             "input {i} must hold 4 non-negative sizes, got {v:?}"
-        ))),
+        ))
+    })
+}
+
+/// Four non-negative sizes, or None.
+pub(crate) fn four_sizes(v: &[i64]) -> Option<[usize; 4]> {
+    match *v {
+        [a, b, c, d] if v.iter().all(|&x| x >= 0) => {
+            Some([a as usize, b as usize, c as usize, d as usize])
+        }
+        _ => None,
     }
 }
 
