@@ -74,24 +74,17 @@ pub struct WorkerArgs {
 /// or a CUDA GPU opened now (so a worker that cannot use the GPU it was
 /// asked for fails at start, not at its first task). Said in the log.
 fn pick_device(flag: &str) -> Result<(String, Option<Arc<CudaDevice>>)> {
-    use psflow_kernels::cuda::device::{pick_device, Device};
-    let choice = pick_device(flag).map_err(|e| anyhow!("--device {flag}: {e}"))?;
-    match choice.device {
-        Device::Cpu => {
-            tracing::info!("device: cpu ({})", choice.reason);
-            Ok(("cpu".into(), None))
-        }
-        Device::Cuda(n) => {
-            let gpu = CudaDevice::new(n).map_err(|e| anyhow!("--device {flag}: {e}"))?;
-            tracing::info!(
-                "device: cuda:{n} {} ({}); training steps run on the GPU \
-                 (not yet run on hardware: docs/cuda.md)",
-                gpu.name(),
-                choice.reason
-            );
-            Ok((format!("cuda:{n}"), Some(gpu)))
-        }
+    let (gpu, said) = crate::trainer::open_device(flag)?;
+    match &gpu {
+        None => tracing::info!("device: {said}"),
+        Some(_) => tracing::info!(
+            "device: {said}; training steps run on the GPU (not yet run on hardware: docs/cuda.md)"
+        ),
     }
+    let name = gpu
+        .as_ref()
+        .map_or("cpu".to_string(), |d| format!("cuda:{}", d.ordinal()));
+    Ok((name, gpu))
 }
 
 fn init_logging() {

@@ -15,12 +15,11 @@ use psflow_graph::train::optimizer::Optimizer;
 use psflow_graph::train::schedule::{ConstantLr, LrSchedule};
 use psflow_graph::zoo::Architecture;
 use psflow_graph::{Schedule, Tensor};
-use psflow_kernels::cuda::device::{pick_device, Device};
 use psflow_kernels::cuda::CudaDevice;
 use psflow_worker::data::rng::Rng;
 use serde_json::json;
 
-use crate::trainer::{RunConfig, StepOutput, Trainer};
+use crate::trainer::{gpu_for, RunConfig, StepOutput, Trainer};
 
 #[derive(Args, Debug)]
 pub struct BenchTrainArgs {
@@ -136,27 +135,6 @@ pub fn run(args: &BenchTrainArgs) -> std::result::Result<(), (bool, anyhow::Erro
         )));
     }
     bench(args, &cfg, gpu).map_err(|e| (false, e))
-}
-
-/// The CUDA device `--device` asks for (`None`: the CPU), said on stderr;
-/// an unavailable `cuda:N` is an error naming what is missing.
-pub fn gpu_for(flag: &str) -> Result<Option<Arc<CudaDevice>>> {
-    let choice = pick_device(flag).map_err(|e| anyhow!("--device {flag}: {e}"))?;
-    let gpu = match choice.device {
-        Device::Cpu => None,
-        Device::Cuda(n) => Some(CudaDevice::new(n).map_err(|e| anyhow!("--device {flag}: {e}"))?),
-    };
-    match &gpu {
-        Some(d) => eprintln!(
-            "device: cuda:{} {} ({})",
-            d.ordinal(),
-            d.name(),
-            choice.reason
-        ),
-        None if flag != "cpu" => eprintln!("device: cpu ({})", choice.reason),
-        None => {}
-    }
-    Ok(gpu)
 }
 
 fn bench(args: &BenchTrainArgs, cfg: &RunConfig, gpu: Option<Arc<CudaDevice>>) -> Result<()> {

@@ -49,7 +49,7 @@ pub fn run(args: &EvalArgs) -> std::result::Result<(), (bool, anyhow::Error)> {
     if args.batch_size == 0 {
         return Err(usage(anyhow!("--batch-size must be at least 1")));
     }
-    let gpu = crate::bench::train::gpu_for(&args.device).map_err(usage)?;
+    let gpu = crate::trainer::gpu_for(&args.device).map_err(usage)?;
     let dir = RunDir::at(&args.run);
     let (ckpt, tensors, manifest) =
         load_latest(&dir.checkpoints())

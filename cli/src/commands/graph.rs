@@ -153,7 +153,7 @@ pub fn spec(args: &BuildArgs) -> Result<ModelSpec> {
 
 fn build(args: &BuildArgs) -> Result<()> {
     let spec = spec(args)?;
-    let model = spec.build().map_err(|e| {
+    let mut model = spec.build().map_err(|e| {
         let flag = match e.field {
             "alpha" => "--alpha",
             "resolution" => "--resolution",
@@ -163,7 +163,6 @@ fn build(args: &BuildArgs) -> Result<()> {
         anyhow::anyhow!("{flag} {}: {e}", flag_value(args, e.field))
     })?;
     let s = summarize(&model.graph).context("summarising the built graph")?;
-    let mut model = model;
     let training = if args.train && !args.forward_only {
         let optimizer = Optimizer::with_defaults(&args.optimizer)
             .ok_or_else(|| anyhow::anyhow!("--optimizer {}: unknown", args.optimizer))?;

@@ -266,7 +266,7 @@ pub fn run(args: &TrainArgs) -> std::result::Result<(), (bool, anyhow::Error)> {
         (None, None) => unreachable!("clap requires one"),
     };
     // Before the run directory exists: a missing GPU leaves nothing behind.
-    let gpu = crate::bench::train::gpu_for(&args.device).map_err(usage)?;
+    let gpu = crate::trainer::gpu_for(&args.device).map_err(usage)?;
     let run_dir = RunDir::create(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))
         .map_err(usage)?;

@@ -335,6 +335,32 @@ pub fn evaluate(
     .context("evaluation")
 }
 
+/// The device `--device` (`cpu`, `auto`, `cuda:N`) asks for, opened: None
+/// for the CPU; with what was chosen and why, in words. An unavailable
+/// `cuda:N` is an error naming what is missing.
+pub fn open_device(flag: &str) -> Result<(Option<Arc<CudaDevice>>, String)> {
+    use psflow_kernels::cuda::device::{pick_device, Device};
+    let choice = pick_device(flag).map_err(|e| anyhow!("--device {flag}: {e}"))?;
+    Ok(match choice.device {
+        Device::Cpu => (None, format!("cpu ({})", choice.reason)),
+        Device::Cuda(n) => {
+            let gpu = CudaDevice::new(n).map_err(|e| anyhow!("--device {flag}: {e}"))?;
+            let said = format!("cuda:{n} {} ({})", gpu.name(), choice.reason);
+            (Some(gpu), said)
+        }
+    })
+}
+
+/// [`open_device`] for the commands that train or evaluate here: the
+/// choice is said on stderr unless the CPU was asked for.
+pub fn gpu_for(flag: &str) -> Result<Option<Arc<CudaDevice>>> {
+    let (gpu, said) = open_device(flag)?;
+    if gpu.is_some() || flag != "cpu" {
+        eprintln!("device: {said}");
+    }
+    Ok(gpu)
+}
+
 /// [`evaluate`] with the inference model on a GPU (its variables loaded).
 pub fn evaluate_on_gpu(
     session: &CudaSession,
