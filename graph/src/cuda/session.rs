@@ -99,11 +99,6 @@ impl CudaSession {
         &self.device
     }
 
-    /// The host session (graph, shape inference, host resources).
-    pub fn host(&self) -> &Session {
-        &self.host
-    }
-
     /// Copies every variable of `store` in: float32 ones to the device,
     /// the others to the host resources.
     pub fn load_variables(&self, store: &ResourceStore) -> Result<()> {
@@ -140,17 +135,6 @@ impl CudaSession {
     /// What runs have copied between host and device so far.
     pub fn transfer_counts(&self) -> TransferCounts {
         *self.counts.lock().expect("counts lock")
-    }
-
-    /// Where each node of a run with these feeds, fetches and targets
-    /// executes, and the transfers it makes ([`place::plan`]).
-    pub fn placement(
-        &self,
-        feeds: &[TensorName],
-        fetches: &[TensorName],
-        targets: &[String],
-    ) -> Result<place::Placement> {
-        place::plan(&self.host, feeds, fetches, targets)
     }
 
     /// Runs the graph as [`Session::run`] does: fed tensors are uploaded
