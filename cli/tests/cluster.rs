@@ -86,6 +86,73 @@ fn a_two_by_two_local_cluster_learns_mobilenet_on_synthetic_data() {
     assert!(run.join("loss.svg").exists());
 }
 
+/// The weight averages (`--moving-average-decay`, on by default): in one
+/// process the training graph keeps them; in the cluster the shards do,
+/// with the same update after each step, and the final evaluation pulls
+/// them. One worker and one shard evaluate what one process does.
+#[test]
+fn the_cluster_evaluates_the_same_weight_averages_as_one_process() {
+    let out = tempfile::tempdir().unwrap();
+    let run = |name: &str, extra: &[&str]| -> Value {
+        let dir = out.path().join(name);
+        let mut args = vec![
+            "train",
+            "--model",
+            "mobilenet",
+            "--alpha",
+            "0.25",
+            "--dataset",
+            "fashion-mnist",
+            "--batch-size",
+            "64",
+            "--steps",
+            "400",
+            "--progress",
+            "quiet",
+            "--out",
+            dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = psflow(&args);
+        assert!(
+            o.status.success(),
+            "{name}: exit {:?}: {}",
+            o.status,
+            stderr(&o)
+        );
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap()
+    };
+    let single = run("single", &[]);
+    let cluster = run("cluster", &["--workers", "1", "--ps", "1"]);
+    let last = run(
+        "cluster-last",
+        &["--workers", "1", "--ps", "1", "--moving-average-decay", "0"],
+    );
+    for s in [&single, &cluster] {
+        assert_eq!(s["weights"], "moving_average", "{s}");
+        assert_eq!(s["moving_average_decay"], 0.9999, "{s}");
+    }
+    assert_eq!(last["weights"], "last", "{last}");
+    let loss = |s: &Value| s["eval_loss"].as_f64().unwrap();
+    let (a, b) = (loss(&single), loss(&cluster));
+    assert!(
+        (a - b).abs() <= 1e-4 * a.abs(),
+        "eval loss: one process {a}, cluster {b}"
+    );
+    // The single process's last weights are what the cluster evaluates
+    // without averages; the averages differ from them.
+    let l = single["last_weights"]["eval_loss"].as_f64().unwrap();
+    assert!(
+        (l - loss(&last)).abs() <= 1e-4 * l.abs(),
+        "last weights: one process {l}, cluster {}",
+        loss(&last)
+    );
+    assert!(
+        (a - l).abs() > 1e-3 * a.abs(),
+        "the averages evaluate like the last weights: {a} vs {l}"
+    );
+}
+
 #[test]
 fn bad_cluster_flags_are_usage_errors() {
     let out = tempfile::tempdir().unwrap();

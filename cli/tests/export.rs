@@ -136,8 +136,11 @@ fn variable_graph_outputs(run: &Path, x: &Tensor) -> (Tensor, Tensor) {
     }
     .build()
     .unwrap();
+    // The run kept weight averages (psflow train's default): the export,
+    // like psflow eval, computes with them.
+    assert!(psflow_graph::train::ema::has_averages(&tensors));
     let store = Arc::new(ResourceStore::new());
-    for (n, t) in tensors {
+    for (n, t) in psflow_graph::train::ema::averaged(tensors) {
         store.set(&n, t);
     }
     let session =

@@ -398,12 +398,13 @@ const FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
 
 /// MobileNet α=0.5 at resolution 32 on Fashion-MNIST, 2 epochs, with
 /// `psflow train`'s defaults (TF-slim's recipe: RMSProp ρ 0.9, μ 0.9,
-/// ε 1, lr 0.01 × 0.94 every 2 epochs, L2 4e-5; batch 128; no
-/// augmentation for Fashion-MNIST). Measured 0.846-0.853 over seeds and
-/// learning rates (docs/training.md); TensorFlow's Keras MobileNet with the
-/// same recipe is quoted at 0.856. The bar is 0.86, which psflow
-/// does not reach yet at this budget: this test holds the level reached
-/// (0.84) so that a regression fails it.
+/// ε 1, lr 0.01 × 0.94 every 2 epochs, L2 4e-5, weight averages with
+/// decay 0.9999 and TF's num_updates cap; batch 128; no augmentation for
+/// Fashion-MNIST) reaches the 0.86 (0.863-0.874 over seeds and
+/// thread counts, docs/training.md; TensorFlow's Keras MobileNet without
+/// averaging: 0.856 quoted, 0.83-0.85 measured here). `psflow eval` and
+/// `psflow export` of the run use the averages too, and `--last-weights`
+/// gives the last weights' figure the summary reports beside them.
 #[test]
 fn fashion_mnist_learns_in_2_epochs() {
     assert!(
@@ -440,9 +441,40 @@ fn fashion_mnist_learns_in_2_epochs() {
     assert_eq!(s["dataset"], "fashion-mnist");
     assert_eq!(s["epochs"], 2.0);
     assert!(
-        top1 >= 0.84,
-        "Fashion-MNIST top-1 {top1} < 0.84 after 2 epochs: {s}"
+        top1 >= 0.86,
+        "Fashion-MNIST top-1 {top1} < 0.86 after 2 epochs: {s}"
     );
+    assert_eq!(s["weights"], "moving_average", "{s}");
+    assert_eq!(s["moving_average_decay"], 0.9999, "{s}");
+    let last = s["last_weights"]["top1"].as_f64().unwrap();
+    assert!(last > 0.7 && last != top1, "{s}");
+
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--run", run.to_str().unwrap(), "--json"];
+        args.extend_from_slice(extra);
+        let o = psflow_threads(&args, 2);
+        ok(&o);
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()
+    };
+    let e = eval(&[]);
+    assert_eq!(e["weights"], "moving_average");
+    assert_eq!(e["top1"].as_f64().unwrap(), top1, "{e}");
+    let e = eval(&["--last-weights"]);
+    assert_eq!(e["weights"], "last");
+    assert_eq!(e["top1"].as_f64().unwrap(), last, "{e}");
+
+    let pb = dir.path().join("model.pb");
+    let o = psflow(&[
+        "export",
+        "--run",
+        run.to_str().unwrap(),
+        "--out",
+        pb.to_str().unwrap(),
+        "--json",
+    ]);
+    ok(&o);
+    let x: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(x["weights"], "moving_average", "{x}");
 }
 
 /// `--device cuda:0`: without CUDA a usage error that leaves no run

@@ -76,6 +76,7 @@ fn small_net() -> Net {
         &TrainConfig {
             optimizer: Optimizer::RmsProp(RmsPropConfig::default()),
             weight_decay: 4e-5,
+            moving_average_decay: None,
         },
     )
     .unwrap();
@@ -110,6 +111,7 @@ fn spec_of(net: &Net, workers: u32, ps: u32, batch: u32, steps: u64) -> pb::JobS
         schedule: Schedule::Constant(LR),
         mode: Mode::Sync { workers, backup: 0 },
         version: 0,
+        moving_average_decay: None,
     }
     .to_header(false);
     pb::JobSpec {
@@ -138,6 +140,7 @@ fn spec_of(net: &Net, workers: u32, ps: u32, batch: u32, steps: u64) -> pb::JobS
         steps_per_epoch: 100,
         model: None,
         split_threshold: 0,
+        moving_average_decay: 0.0,
     }
 }
 

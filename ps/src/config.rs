@@ -43,6 +43,9 @@ pub struct ShardConfig {
     pub mode: Mode,
     /// The version the shard starts at (a restored checkpoint's step).
     pub version: u64,
+    /// Keep exponential moving averages of the trained variables
+    /// (`psflow_graph::train::ema`; None: none).
+    pub moving_average_decay: Option<f32>,
 }
 
 impl ShardConfig {
@@ -56,6 +59,7 @@ impl ShardConfig {
             schedule: Schedule::Constant(lr),
             mode: Mode::Sync { workers, backup: 0 },
             version: 0,
+            moving_average_decay: None,
         }
     }
 
@@ -72,6 +76,9 @@ impl ShardConfig {
                 "sync mode needs at least one worker (workers = 0)".into(),
             ));
         }
+        if let Some(d) = self.moving_average_decay {
+            psflow_graph::train::ema::validate(d).map_err(|e| Error::Invalid(e.to_string()))?;
+        }
         Ok(())
     }
 
@@ -85,6 +92,7 @@ impl ShardConfig {
             mode: Some(mode_to_proto(self.mode)),
             version: self.version,
             force,
+            moving_average_decay: self.moving_average_decay.unwrap_or(0.0),
         }
     }
 
@@ -100,6 +108,7 @@ impl ShardConfig {
             schedule: schedule_from_proto(h.schedule.as_ref().ok_or_else(|| missing("schedule"))?)?,
             mode: mode_from_proto(h.mode.as_ref().ok_or_else(|| missing("mode"))?)?,
             version: h.version,
+            moving_average_decay: (h.moving_average_decay != 0.0).then_some(h.moving_average_decay),
         };
         config.validate()?;
         Ok(config)
@@ -291,7 +300,7 @@ mod tests {
         ];
         for optimizer in optimizers {
             for schedule in schedules {
-                for mode in modes {
+                for (mode, average) in modes.into_iter().zip([None, Some(0.9999), Some(0.5)]) {
                     let c = ShardConfig {
                         job_id: "j".into(),
                         shard: 2,
@@ -299,6 +308,7 @@ mod tests {
                         schedule,
                         mode,
                         version: 7,
+                        moving_average_decay: average,
                     };
                     let back = ShardConfig::from_header(&c.to_header(true)).unwrap();
                     assert_eq!(back, c);
@@ -310,6 +320,12 @@ mod tests {
     #[test]
     fn bad_headers_are_clear_errors() {
         let mut h = ShardConfig::new("j", 0.1, 2).to_header(false);
+        h.moving_average_decay = 1.0;
+        assert!(ShardConfig::from_header(&h)
+            .unwrap_err()
+            .to_string()
+            .contains("moving-average decay"));
+        h.moving_average_decay = 0.0;
         h.mode = None;
         assert!(ShardConfig::from_header(&h)
             .unwrap_err()

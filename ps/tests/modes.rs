@@ -24,6 +24,7 @@ fn config(optimizer: Optimizer, schedule: Schedule, mode: Mode) -> ShardConfig {
         schedule,
         mode,
         version: 0,
+        moving_average_decay: None,
     }
 }
 

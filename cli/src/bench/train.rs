@@ -123,6 +123,7 @@ pub fn run(args: &BenchTrainArgs) -> std::result::Result<(), (bool, anyhow::Erro
         schedule: LrSchedule::Constant(ConstantLr { lr: 0.01 }),
         weight_decay: 4e-5,
         augment: "none".into(),
+        moving_average_decay: None,
     };
     cfg.model_spec(true)
         .and_then(|s| s.build().map_err(|e| anyhow!("{e}")))

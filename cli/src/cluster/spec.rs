@@ -1,7 +1,7 @@
 //! The job spec of a zoo model trained by `psflow train --workers W --ps P`
 //! or `psflow quickstart`.
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use psflow_graph::zoo::Architecture;
 use psflow_proto::coordinator as pb;
 use psflow_proto::worker::DataSpec;
@@ -39,10 +39,14 @@ pub fn job_spec(
         schedule,
         mode: shape.mode,
         version: 0,
+        moving_average_decay: cfg.moving_average_decay,
     }
     .to_header(false);
     let g = &trainer.graph;
     let m = &trainer.model;
+    if !g.averages.is_empty() {
+        bail!("internal: the cluster's training graph must not hold weight averages (the shards keep them)");
+    }
     Ok(pb::JobSpec {
         name: format!("{} on {}", m.name, cfg.dataset),
         training_graph: Some(m.graph.to_graph_def()),
@@ -99,10 +103,13 @@ pub fn job_spec(
                 "optimizer": cfg.optimizer,
                 "schedule": cfg.schedule,
                 "weight_decay": cfg.weight_decay,
+                "moving_average_decay": cfg.moving_average_decay
+                    .map(|d| d.to_string().parse::<f64>().unwrap_or_default()),
             })
             .to_string(),
         }),
         split_threshold: 0,
+        moving_average_decay: cfg.moving_average_decay.unwrap_or(0.0),
     })
 }
 

@@ -70,7 +70,12 @@ pub async fn connect(addr: &str) -> Result<Client> {
 
 /// The job spec of `run` and the model's title for plots.
 pub fn build_spec(run: &ClusterRun<'_>) -> Result<(pb::JobSpec, String)> {
-    let trainer = Trainer::build(run.cfg)?;
+    // The shards keep the weight averages (the job spec asks for them);
+    // the training graph the workers run has none.
+    let trainer = Trainer::build(&RunConfig {
+        moving_average_decay: None,
+        ..run.cfg.clone()
+    })?;
     let mut spec = job_spec(
         run.cfg,
         &trainer,

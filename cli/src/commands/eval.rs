@@ -37,6 +37,10 @@ pub struct EvalArgs {
     /// cpu, auto (a CUDA GPU when the driver reports one) or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Evaluate the last weights instead of their moving averages (for a
+    /// run that kept averages: --moving-average-decay, on by default).
+    #[arg(long)]
+    pub last_weights: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -96,6 +100,12 @@ fn evaluate_run(
     } else {
         splits.test
     });
+    let weights = super::export::weights_used(&tensors, args.last_weights);
+    let tensors = if weights == "moving_average" {
+        psflow_graph::train::ema::averaged(tensors)
+    } else {
+        tensors
+    };
     let model = cfg.model_spec(false)?.build().map_err(|e| anyhow!("{e}"))?;
     let store = Arc::new(ResourceStore::new());
     for v in &model.variables {
@@ -137,12 +147,20 @@ fn evaluate_run(
                 "top1": r.top1,
                 "top5": r.top5,
                 "loss": r.loss,
+                "weights": weights,
             })
         );
     } else {
         println!(
-            "{} step {step}, {} {} ({} examples): top-1 {:.4}, top-5 {:.4}, loss {:.4}",
-            model.name, cfg.dataset, args.split, r.examples, r.top1, r.top5, r.loss
+            "{} step {step} ({} weights), {} {} ({} examples): top-1 {:.4}, top-5 {:.4}, loss {:.4}",
+            model.name,
+            if weights == "last" { "last" } else { "averaged" },
+            cfg.dataset,
+            args.split,
+            r.examples,
+            r.top1,
+            r.top5,
+            r.loss
         );
     }
     Ok(())

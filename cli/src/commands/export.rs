@@ -27,6 +27,10 @@ pub struct ExportArgs {
     /// graph, to compare with the folded one.
     #[arg(long)]
     pub no_fold: bool,
+    /// Export the last weights instead of their moving averages (for a run
+    /// that kept averages: --moving-average-decay, on by default).
+    #[arg(long)]
+    pub last_weights: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -48,6 +52,8 @@ pub struct ExportReport {
     pub input: String,
     pub input_shape: [i64; 4],
     pub outputs: [&'static str; 2],
+    /// `moving_average` (the run's weight averages) or `last`.
+    pub weights: &'static str,
 }
 
 /// Runs `psflow export`; every failure is a usage error (exit 2): a
@@ -108,6 +114,12 @@ fn export(args: &ExportArgs) -> Result<ExportReport> {
     let cfg: RunConfig = serde_json::from_value(manifest.meta["config"].clone())
         .with_context(|| format!("{}: no run configuration in meta", ckpt.path.display()))?;
     let model = cfg.model_spec(false)?.build().map_err(|e| anyhow!("{e}"))?;
+    let weights = weights_used(&tensors, args.last_weights);
+    let tensors = if weights == "moving_average" {
+        psflow_graph::train::ema::averaged(tensors)
+    } else {
+        tensors
+    };
     let values: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
     let io = InferenceIo {
         input: model.input.clone(),
@@ -140,5 +152,16 @@ fn export(args: &ExportArgs) -> Result<ExportReport> {
         input: model.input.node.clone(),
         input_shape: [-1, r, r, 3],
         outputs: [LOGITS, PROBABILITIES],
+        weights,
     })
+}
+
+/// Which weights of a checkpoint to use: its moving averages when it has
+/// them (unless `last` asks for the last weights), else the last weights.
+pub(crate) fn weights_used(tensors: &[(String, Tensor)], last: bool) -> &'static str {
+    if !last && psflow_graph::train::ema::has_averages(tensors) {
+        "moving_average"
+    } else {
+        "last"
+    }
 }

@@ -66,6 +66,13 @@ pub struct BuildArgs {
     /// With --train: the L2 weight-decay λ (loss λ·Σw²/2).
     #[arg(long, default_value_t = 4e-5, requires = "train")]
     pub weight_decay: f32,
+    /// With --train: also keep exponential moving averages of the trained
+    /// weights with this decay (`V/ExponentialMovingAverage`, TensorFlow's
+    /// ExponentialMovingAverage with num_updates = global_step; psflow
+    /// train's default is 0.9999). 0: none. The cluster's training split
+    /// does not take such a graph yet.
+    #[arg(long, default_value_t = 0.0, requires = "train")]
+    pub moving_average_decay: f32,
     /// With --train: only the forward pass in training mode (no losses,
     /// gradients or optimizer).
     #[arg(long, requires = "train")]
@@ -164,6 +171,12 @@ fn build(args: &BuildArgs) -> Result<()> {
     })?;
     let s = summarize(&model.graph).context("summarising the built graph")?;
     let training = if args.train && !args.forward_only {
+        psflow_graph::train::ema::validate(args.moving_average_decay).map_err(|_| {
+            anyhow::anyhow!(
+                "--moving-average-decay must be in [0, 1) (0: no averages), got {}",
+                args.moving_average_decay
+            )
+        })?;
         let optimizer = Optimizer::with_defaults(&args.optimizer)
             .ok_or_else(|| anyhow::anyhow!("--optimizer {}: unknown", args.optimizer))?;
         Some(
@@ -171,6 +184,8 @@ fn build(args: &BuildArgs) -> Result<()> {
                 .add_training(&TrainConfig {
                     optimizer,
                     weight_decay: args.weight_decay,
+                    moving_average_decay: (args.moving_average_decay > 0.0)
+                        .then_some(args.moving_average_decay),
                 })
                 .context("adding the training step")?,
         )
@@ -269,6 +284,7 @@ fn build_json(args: &BuildArgs, m: &Model, s: &Summary, t: Option<&TrainGraph>) 
             "optimizer": args.optimizer,
             // As written on the command line (4e-5, not its f32 widened).
             "weight_decay": args.weight_decay.to_string().parse::<f64>().unwrap_or_default(),
+            "averages": t.averages.iter().map(|(v, s)| json!({"variable": v, "average": s})).collect::<Vec<_>>(),
         })),
     })
 }

@@ -61,6 +61,8 @@ pub fn run(args: &QuickstartArgs) -> Result<(), (bool, anyhow::Error)> {
         schedule: LrSchedule::ExponentialDecay(ExponentialDecay::default()),
         weight_decay: 4e-5,
         augment: "none".into(),
+        // psflow train's default recipe: the shards keep weight averages.
+        moving_average_decay: Some(psflow_graph::train::ema::DEFAULT_DECAY),
     };
     if !args.json {
         eprintln!(

@@ -81,6 +81,12 @@ pub struct JobArgs {
     /// The same as --augment none.
     #[arg(long, conflicts_with = "augment")]
     pub no_augment: bool,
+    /// Evaluate and export exponential moving averages of the trained
+    /// weights (TensorFlow's ExponentialMovingAverage with
+    /// num_updates = global step, as TF-slim's MobileNet recipe); 0: the
+    /// last weights.
+    #[arg(long, default_value_t = psflow_graph::train::ema::DEFAULT_DECAY)]
+    pub moving_average_decay: f32,
     /// Threads preparing batches (0: on the training thread).
     #[arg(long, default_value_t = 1)]
     pub data_threads: usize,
@@ -185,6 +191,12 @@ impl JobArgs {
                 self.weight_decay
             );
         }
+        psflow_graph::train::ema::validate(self.moving_average_decay).map_err(|_| {
+            anyhow!(
+                "--moving-average-decay must be in [0, 1) (0 turns averaging off), got {}",
+                self.moving_average_decay
+            )
+        })?;
         let cfg = RunConfig {
             model: self.model.name().to_string(),
             alpha: self.alpha,
@@ -208,6 +220,8 @@ impl JobArgs {
                 },
                 (false, other) => other.to_string(),
             },
+            moving_average_decay: (self.moving_average_decay > 0.0)
+                .then_some(self.moving_average_decay),
         };
         // Builds (and so checks) the model configuration.
         cfg.model_spec(false)?.build().map_err(|e| anyhow!("{e}"))?;
@@ -458,9 +472,19 @@ fn train_loop(
             .with_series("cross-entropy", xent_points)
             .write(&run_dir.loss_plot())?;
     }
+    let mut last_weights_eval = None;
     let eval = if args.no_eval {
         None
     } else {
+        if trainer.has_averages() {
+            // The last weights too, to show what the averaging gives.
+            let r = trainer.evaluate_weights(cfg, test.clone(), args.eval_batch_size, false)?;
+            eprintln!(
+                "eval (last weights): top-1 {:.4}, top-5 {:.4}, loss {:.4}",
+                r.top1, r.top5, r.loss
+            );
+            last_weights_eval = Some(r);
+        }
         let r = trainer.evaluate(cfg, test, args.eval_batch_size)?;
         events.add_scalars(
             total as i64,
@@ -472,8 +496,16 @@ fn train_loop(
         )?;
         events.flush()?;
         eprintln!(
-            "eval: top-1 {:.4}, top-5 {:.4}, loss {:.4} on {} examples",
-            r.top1, r.top5, r.loss, r.examples
+            "eval{}: top-1 {:.4}, top-5 {:.4}, loss {:.4} on {} examples",
+            if trainer.has_averages() {
+                " (moving averages of the weights)"
+            } else {
+                ""
+            },
+            r.top1,
+            r.top5,
+            r.loss,
+            r.examples
         );
         Some(r)
     };
@@ -509,14 +541,38 @@ fn train_loop(
         resumed_from_step: (start > 0).then_some(start),
         threads: psflow_kernels::threads::current() as u32,
         psflow_version: env!("CARGO_PKG_VERSION").into(),
-        extra: [(
-            "device".to_string(),
-            json!(trainer.gpu().map_or("cpu".to_string(), |d| format!(
-                "cuda:{} ({})",
-                d.ordinal(),
-                d.name()
-            ))),
-        )]
+        extra: [
+            (
+                "device".to_string(),
+                json!(trainer.gpu().map_or("cpu".to_string(), |d| format!(
+                    "cuda:{} ({})",
+                    d.ordinal(),
+                    d.name()
+                ))),
+            ),
+            (
+                "weights".to_string(),
+                json!(if trainer.has_averages() {
+                    "moving_average"
+                } else {
+                    "last"
+                }),
+            ),
+            (
+                "moving_average_decay".to_string(),
+                json!(cfg
+                    .moving_average_decay
+                    .map(|d| d.to_string().parse::<f64>().unwrap_or_default())),
+            ),
+            (
+                "last_weights".to_string(),
+                json!(last_weights_eval.map(|r| json!({
+                    "top1": r.top1,
+                    "top5": r.top5,
+                    "eval_loss": r.loss,
+                }))),
+            ),
+        ]
         .into_iter()
         .collect(),
     };

@@ -30,6 +30,11 @@ pub struct RunConfig {
     /// `crop-flip` (pad 4 + crop, flip; no brightness/contrast) or `none`
     /// (standardization only).
     pub augment: String,
+    /// Exponential moving averages of the trained weights, evaluated and
+    /// exported in place of the last weights (`psflow_graph::train::ema`);
+    /// None: off. Absent in checkpoints written before it existed.
+    #[serde(default)]
+    pub moving_average_decay: Option<f32>,
 }
 
 impl RunConfig {

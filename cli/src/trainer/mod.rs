@@ -57,6 +57,7 @@ impl Trainer {
             .add_training(&TrainConfig {
                 optimizer: cfg.optimizer,
                 weight_decay: cfg.weight_decay,
+                moving_average_decay: cfg.moving_average_decay,
             })
             .context("building the training graph")?;
         let registry = Registry::standard();
@@ -258,22 +259,68 @@ impl Trainer {
     }
 
     /// Evaluates the inference model on every example of `data`
-    /// (preprocessed as `cfg`'s eval recipe).
+    /// (preprocessed as `cfg`'s eval recipe) with the weights a checkpoint
+    /// would export: the moving averages when the run keeps them, else the
+    /// last weights.
     pub fn evaluate(
         &self,
         cfg: &RunConfig,
         data: Arc<Dataset>,
         batch_size: usize,
     ) -> Result<EvalResult> {
-        let Some((_, infer)) = &self.gpu else {
-            return evaluate(&self.infer, &self.infer_model, cfg, data, batch_size);
-        };
-        // The inference graph reads the training graph's current variables.
+        self.evaluate_weights(cfg, data, batch_size, true)
+    }
+
+    /// Whether the run keeps moving averages of its weights.
+    pub fn has_averages(&self) -> bool {
+        !self.graph.averages.is_empty()
+    }
+
+    /// [`evaluate`](Self::evaluate) with the moving averages (`averaged`,
+    /// when the run keeps them) or the last weights.
+    pub fn evaluate_weights(
+        &self,
+        cfg: &RunConfig,
+        data: Arc<Dataset>,
+        batch_size: usize,
+        averaged: bool,
+    ) -> Result<EvalResult> {
+        // The inference graph reads the training graph's variables by name
+        // in the shared store.
         self.sync_host()?;
-        infer
-            .load_variables(&self.store)
-            .context("copying the variables to the GPU's inference graph")?;
-        evaluate_on_gpu(infer, &self.infer_model, cfg, data, batch_size)
+        let swapped = if averaged {
+            self.swap_in_averages()?
+        } else {
+            vec![]
+        };
+        let result = match &self.gpu {
+            None => evaluate(&self.infer, &self.infer_model, cfg, data, batch_size),
+            Some((_, infer)) => infer
+                .load_variables(&self.store)
+                .context("copying the variables to the GPU's inference graph")
+                .and_then(|()| evaluate_on_gpu(infer, &self.infer_model, cfg, data, batch_size)),
+        };
+        for (name, t) in swapped {
+            self.store.set(&name, t);
+        }
+        result
+    }
+
+    /// Puts each averaged variable's shadow in its place in the store;
+    /// returns the values it replaced.
+    fn swap_in_averages(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut saved: Vec<(String, Tensor)> = Vec::with_capacity(self.graph.averages.len());
+        for (v, s) in &self.graph.averages {
+            let (Some(value), Some(shadow)) = (self.store.get(v), self.store.get(s)) else {
+                for (name, t) in saved {
+                    self.store.set(&name, t);
+                }
+                bail!("the moving average of {v:?} is not initialised");
+            };
+            saved.push((v.to_string(), value));
+            self.store.set(v, shadow);
+        }
+        Ok(saved)
     }
 
     /// Every entry of the store (variables, slots, global_step, random

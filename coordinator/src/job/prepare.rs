@@ -128,6 +128,7 @@ pub fn prepare(job_id: &str, spec: &JobSpec) -> Result<Prepared> {
         mode: Some(pps::Mode { kind: Some(mode) }),
         version: 0,
         force: false,
+        moving_average_decay: spec.moving_average_decay,
     };
     let shard_config =
         ShardConfig::from_header(&header).map_err(|e| JobError::InvalidSpec(e.to_string()))?;
@@ -296,6 +297,22 @@ fn eval_spec(
         .map_err(|e| JobError::InvalidGraph(format!("inference graph: {e}")))?;
     psflow_graph::validate(&graph, &Registry::standard())
         .map_err(|e| JobError::InvalidGraph(format!("inference graph: {e}")))?;
+    // With weight averages, a trained variable (one whose gradient the
+    // workers push) is evaluated with its average, which the shard serves
+    // as `<stored>/ExponentialMovingAverage`.
+    let trained: HashSet<&str> = plan
+        .pushes
+        .iter()
+        .filter(|p| p.kind == PushKind::Gradient)
+        .map(|p| p.stored.as_str())
+        .collect();
+    let averaged = |stored: String| {
+        if shard_config.moving_average_decay.is_some() && trained.contains(stored.as_str()) {
+            psflow_graph::train::ema::shadow_name(&stored)
+        } else {
+            stored
+        }
+    };
     let mut seen = HashSet::new();
     let mut variables = vec![];
     for n in graph.nodes().iter().filter(|n| n.op == "VarHandleOp") {
@@ -313,7 +330,7 @@ fn eval_spec(
                 ))
             })?;
             vec![pw::EvalPart {
-                stored: n.name.clone(),
+                stored: averaged(n.name.clone()),
                 shard: shard as u32,
             }]
         } else {
@@ -330,7 +347,7 @@ fn eval_spec(
                                 ))
                             })?;
                     Ok(pw::EvalPart {
-                        stored: v.stored_name(),
+                        stored: averaged(v.stored_name()),
                         shard: shard as u32,
                     })
                 })

@@ -442,5 +442,8 @@ async fn drive(
         "bytes_pulled": pulled,
         "bytes_pushed": pushed,
         "shards": stats,
+        "weights": if spec.moving_average_decay > 0.0 { "moving_average" } else { "last" },
+        "moving_average_decay": (spec.moving_average_decay > 0.0)
+            .then(|| spec.moving_average_decay.to_string().parse::<f64>().unwrap_or_default()),
     }))
 }

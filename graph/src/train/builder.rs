@@ -9,8 +9,12 @@
 //!   and `ResourceApply…` updates ([`super::optimizer`]);
 //! - an int64 `global_step` variable, incremented by
 //!   `global_step/AssignAdd` after the updates;
+//! - with [`TrainConfig::moving_average_decay`], shadow variables holding
+//!   exponential moving averages of the trainable variables, updated after
+//!   the step ([`super::ema`]);
 //! - the NoOp `train_op` with a control input on every update, on the
-//!   global-step increment and on the BN moving-average assigns;
+//!   global-step increment, on the BN moving-average assigns and on the
+//!   weight averages' updates;
 //! - the new variables' initializers added to `init`.
 
 use psflow_kernels::{DType, Tensor};
@@ -41,6 +45,9 @@ pub struct TrainConfig {
     pub optimizer: Optimizer,
     /// The L2 weight-decay factor lambda (loss term `lambda * sum(w²)/2`).
     pub weight_decay: f32,
+    /// Keep exponential moving averages of the trainable variables with
+    /// this decay ([`super::ema`]; None: no averages).
+    pub moving_average_decay: Option<f32>,
 }
 
 impl Default for TrainConfig {
@@ -48,6 +55,7 @@ impl Default for TrainConfig {
         TrainConfig {
             optimizer: Optimizer::default(),
             weight_decay: loss::DEFAULT_WEIGHT_DECAY,
+            moving_average_decay: None,
         }
     }
 }
@@ -70,9 +78,14 @@ pub struct TrainGraph {
     pub update_nodes: Vec<String>,
     /// The moving-average assigns the train op runs.
     pub moving_average_updates: Vec<String>,
-    /// Variables created here (optimizer slots, global_step): with the
-    /// model's variables, what a checkpoint holds.
+    /// Variables created here (optimizer slots, global_step, weight
+    /// averages): with the model's variables, what a checkpoint holds.
     pub new_variables: Vec<String>,
+    /// (variable, shadow) pairs of the weight averages (empty without
+    /// [`TrainConfig::moving_average_decay`]).
+    pub averages: Vec<(String, String)>,
+    /// The weight averages' update nodes.
+    pub average_updates: Vec<String>,
 }
 
 fn type_attr(d: DType) -> AttrValue {
@@ -278,6 +291,19 @@ pub fn build_training_graph(
     }
     graph.add(inc)?;
 
+    let ema = match cfg.moving_average_decay {
+        Some(decay) => {
+            let shaped: Vec<(String, Vec<usize>)> = vars
+                .iter()
+                .map(|v| (v.name.clone(), v.shape.clone()))
+                .collect();
+            super::ema::add_to_graph(graph, &shaped, decay, gs, "global_step/AssignAdd")?
+        }
+        None => super::ema::EmaOps::default(),
+    };
+    new_variables.extend(ema.averages.iter().map(|(_, s)| s.clone()));
+    init_assigns.extend(ema.init_assigns.iter().cloned());
+
     let mut ma = moving_average_assigns(graph);
     for u in extra_updates {
         if !ma.contains(u) {
@@ -285,7 +311,7 @@ pub fn build_training_graph(
         }
     }
     let mut train = Node::new("train_op", "NoOp");
-    for u in opt.update_nodes.iter().chain(&ma) {
+    for u in opt.update_nodes.iter().chain(&ma).chain(&ema.update_nodes) {
         train = train.control_input(u.as_str());
     }
     train = train.control_input("global_step/AssignAdd");
@@ -319,5 +345,7 @@ pub fn build_training_graph(
         update_nodes: opt.update_nodes,
         moving_average_updates: ma,
         new_variables,
+        averages: ema.averages,
+        average_updates: ema.update_nodes,
     })
 }

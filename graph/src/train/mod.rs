@@ -2,6 +2,7 @@
 //! that turns a model graph into a training graph.
 
 pub mod builder;
+pub mod ema;
 pub mod loss;
 pub mod optimizer;
 pub mod schedule;

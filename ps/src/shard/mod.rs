@@ -19,12 +19,19 @@ use crate::wire::Received;
 use crate::{Error, Result};
 use aggregate::Step;
 use optim::AdamPowers;
+use psflow_graph::train::ema;
 
 /// One variable and its optimizer slots (none for non-float32 variables,
 /// which can be assigned but not trained).
 struct Variable {
     value: Tensor,
     slots: Vec<Vec<f32>>,
+    /// The moving average of a float32 variable when the shard keeps
+    /// them, starting at the initial value.
+    average: Option<Vec<f32>>,
+    /// Whether gradients were applied to it (only trained variables'
+    /// averages are updated).
+    trained: bool,
 }
 
 /// One worker's gradients and assigned values for one step.
@@ -82,15 +89,21 @@ impl Shard {
         config.validate()?;
         let mut vars = BTreeMap::new();
         for (name, value) in values {
-            let slots = if value.dtype() == DType::F32 {
-                optim::new_slots(&config.optimizer, value.len())
+            let (slots, average) = if value.dtype() == DType::F32 {
+                let average = config
+                    .moving_average_decay
+                    .map(|_| value.f32s("ps init").expect("float32").to_vec());
+                (optim::new_slots(&config.optimizer, value.len()), average)
             } else {
-                vec![]
+                (vec![], None)
             };
-            if vars
-                .insert(name.clone(), Variable { value, slots })
-                .is_some()
-            {
+            let var = Variable {
+                value,
+                slots,
+                average,
+                trained: false,
+            };
+            if vars.insert(name.clone(), var).is_some() {
                 return Err(Error::Invalid(format!(
                     "variable `{name}` is given twice in Init"
                 )));
@@ -152,13 +165,23 @@ impl Shard {
                 dtype: v.value.dtype(),
                 shape: v.value.shape().to_vec(),
                 bytes: v.value.nbytes() as u64,
-                slot_bytes: v.slots.iter().map(|s| s.len() as u64 * 4).sum(),
+                slot_bytes: v.slots.iter().map(|s| s.len() as u64 * 4).sum::<u64>()
+                    + v.average.as_ref().map_or(0, |a| a.len() as u64 * 4),
             })
             .collect()
     }
 
-    /// The values of `names` (all, by name, when empty). Tensors share
-    /// their buffers with the shard: a later update copies on write.
+    /// The moving average of a trained variable (None when the shard keeps
+    /// no averages or `name` is not a trained float32 variable).
+    pub fn average(&self, name: &str) -> Option<Tensor> {
+        let v = self.vars.get(name)?;
+        let a = v.average.as_ref().filter(|_| v.trained)?;
+        Some(Tensor::new(v.value.shape().to_vec(), a.clone()).expect("same length"))
+    }
+
+    /// The values of `names` (all variables, by name, when empty); `V` +
+    /// [`ema::SUFFIX`] names `V`'s moving average. Variables share their
+    /// buffers with the shard: a later update copies on write.
     pub fn pull(&self, names: &[String]) -> Result<Vec<(String, Tensor)>> {
         if names.is_empty() {
             return Ok(self
@@ -171,7 +194,10 @@ impl Shard {
             .iter()
             .map(|n| match self.vars.get(n) {
                 Some(v) => Ok((n.clone(), v.value.clone())),
-                None => Err(Error::UnknownVariable { name: n.clone() }),
+                None => match n.strip_suffix(ema::SUFFIX).and_then(|v| self.average(v)) {
+                    Some(a) => Ok((n.clone(), a)),
+                    None => Err(Error::UnknownVariable { name: n.clone() }),
+                },
             })
             .collect()
     }
@@ -371,6 +397,7 @@ impl Shard {
 
     fn apply_gradient(&mut self, name: &str, grad: &[f32], lr: f32) -> Result<()> {
         let var = self.vars.get_mut(name).expect("checked on push");
+        var.trained = true;
         optim::apply(
             &self.config.optimizer,
             name,
@@ -388,6 +415,19 @@ impl Shard {
         }
         self.version += 1;
         self.counters.updates_applied += 1;
+        if let Some(decay) = self.config.moving_average_decay {
+            // As the single-process graph: after the step's updates, with
+            // the new global step as num_updates.
+            let rate = 1.0 - ema::decay_at(decay, self.version);
+            for v in self.vars.values_mut().filter(|v| v.trained) {
+                let (Some(avg), Ok(x)) = (v.average.as_mut(), v.value.f32s("ps average")) else {
+                    continue;
+                };
+                for (s, x) in avg.iter_mut().zip(x) {
+                    *s -= (*s - x) * rate;
+                }
+            }
+        }
     }
 }
 

@@ -149,3 +149,53 @@ fn set_workers_is_only_for_sync_mode() {
     let mut s = Shard::new(sgd(sync), vec![]).unwrap();
     assert!(matches!(s.set_workers(0), Err(Error::Invalid(_))));
 }
+
+#[test]
+fn averages_follow_the_single_process_update_after_each_step() {
+    let mode = Mode::Sync {
+        workers: 2,
+        backup: 0,
+    };
+    let config = ShardConfig {
+        moving_average_decay: Some(0.5),
+        ..sgd(mode)
+    };
+    let vars = vec![("w".into(), t(&[1.0, 2.0])), ("stat".into(), t(&[0.0]))];
+    let mut s = Shard::new(config, vars).unwrap();
+    // Before any gradient, and for variables no gradient trains (assigned
+    // statistics), there is no average to pull.
+    assert!(s.pull(&["w/ExponentialMovingAverage".into()]).is_err());
+    let mut avg = [1.0f32, 2.0];
+    for step in 0..4u64 {
+        for worker in 0..2 {
+            let g = [1.0 + worker as f32, -0.5];
+            s.push(push(worker, step, false, vec![grad("w", &g)]))
+                .unwrap();
+        }
+        let value = s.value("w").unwrap().f32s("w").unwrap().to_vec();
+        let rate = 1.0 - ema::decay_at(0.5, step + 1);
+        for (a, x) in avg.iter_mut().zip(&value) {
+            *a -= (*a - x) * rate;
+        }
+        let pulled = s.pull(&["w/ExponentialMovingAverage".into()]).unwrap();
+        assert_eq!(pulled[0].1, t(&avg), "step {step}");
+        assert_ne!(pulled[0].1.f32s("a").unwrap(), &value[..], "step {step}");
+    }
+    let e = s
+        .pull(&["stat/ExponentialMovingAverage".into()])
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("stat/ExponentialMovingAverage"),
+        "{e}"
+    );
+    // The averages count in the shard's slot bytes.
+    let w = s.variables().into_iter().find(|v| v.name == "w").unwrap();
+    assert_eq!(w.slot_bytes, 8);
+}
+
+#[test]
+fn without_averages_there_is_nothing_to_pull() {
+    let mut s = Shard::new(sgd(Mode::Async), vec![("w".into(), t(&[1.0]))]).unwrap();
+    s.push(push(0, 0, false, vec![grad("w", &[1.0])])).unwrap();
+    assert!(s.pull(&["w/ExponentialMovingAverage".into()]).is_err());
+}
