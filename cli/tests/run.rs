@@ -237,7 +237,8 @@ fn a_lossy_feed_dtype_is_refused() {
 }
 
 /// `psflow graph build --train` writes the whole training step (forward in
-/// training mode, losses, gradients, RMSProp), and `psflow run` executes
+/// training mode, losses, gradients, RMSProp, here with the weight
+/// averages), and `psflow run` executes
 /// it: `--init init` initialises the variables, `--target` runs the
 /// optimizer updates beside the fetched losses, which are finite and add
 /// up (total = cross-entropy + regularization). A `--target` that is not
@@ -258,6 +259,8 @@ fn a_built_training_graph_runs_a_training_step() {
         "--classes",
         "3",
         "--train",
+        "--moving-average-decay",
+        "0.9999",
         "--json",
         "--out",
         g.to_str().unwrap(),
@@ -265,6 +268,16 @@ fn a_built_training_graph_runs_a_training_step() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let step = &v["train_step"];
+    // With the weight averages psflow train keeps: one per trained variable.
+    let averages = step["averages"].as_array().unwrap();
+    assert_eq!(averages.len(), v["trainable"].as_array().unwrap().len());
+    assert_eq!(
+        averages[0]["average"].as_str().unwrap(),
+        format!(
+            "{}/ExponentialMovingAverage",
+            averages[0]["variable"].as_str().unwrap()
+        )
+    );
     let target = step["target"].as_str().unwrap();
     let lr_feed = step["learning_rate"]
         .as_str()

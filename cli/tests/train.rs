@@ -244,6 +244,19 @@ fn bad_flags_exit_2_with_a_message() {
             "unknown model",
         ),
         (
+            &[
+                "--model",
+                "mobilenet",
+                "--dataset",
+                "synthetic",
+                "--steps",
+                "1",
+                "--moving-average-decay",
+                "1",
+            ],
+            "--moving-average-decay must be in [0, 1)",
+        ),
+        (
             &["--model", "mobilenet", "--dataset", "mnist", "--steps", "1"],
             "unknown dataset",
         ),
