@@ -251,6 +251,9 @@ class Runner:
         cmd = [self.a.psflow, "train", *self.common, "--dataset", "synthetic",
                "--data-dir", self.data, "--steps", str(total), "--no-eval",
                "--progress", "quiet", "--checkpoint-every", "0",
+               # The step as `bench` and TensorFlow's peers time it: no
+               # weight averages (psflow train's default keeps them).
+               "--moving-average-decay", "0",
                "--log-every", str(max(1, self.a.warmup)), "--out", out]
         if workers:
             cmd += ["--workers", str(workers), "--ps", str(ps)]
