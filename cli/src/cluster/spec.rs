@@ -103,8 +103,7 @@ pub fn job_spec(
                 "optimizer": cfg.optimizer,
                 "schedule": cfg.schedule,
                 "weight_decay": cfg.weight_decay,
-                "moving_average_decay": cfg.moving_average_decay
-                    .map(|d| d.to_string().parse::<f64>().unwrap_or_default()),
+                "moving_average_decay": cfg.moving_average_decay.map(psflow_graph::train::as_written),
             })
             .to_string(),
         }),

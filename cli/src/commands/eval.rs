@@ -15,7 +15,7 @@ use psflow_worker::data::DatasetKind;
 use psflow_worker::run::RunDir;
 use serde_json::json;
 
-use crate::trainer::{evaluate, evaluate_on_gpu, load_latest, RunConfig};
+use crate::trainer::{checkpoint_weights, evaluate, evaluate_on_gpu, load_latest, RunConfig};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -100,12 +100,7 @@ fn evaluate_run(
     } else {
         splits.test
     });
-    let weights = super::export::weights_used(&tensors, args.last_weights);
-    let tensors = if weights == "moving_average" {
-        psflow_graph::train::ema::averaged(tensors)
-    } else {
-        tensors
-    };
+    let (tensors, weights) = checkpoint_weights(tensors, args.last_weights);
     let model = cfg.model_spec(false)?.build().map_err(|e| anyhow!("{e}"))?;
     let store = Arc::new(ResourceStore::new());
     for v in &model.variables {

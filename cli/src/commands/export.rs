@@ -13,7 +13,7 @@ use psflow_graph::Tensor;
 use psflow_worker::run::{write_atomic, RunDir};
 use serde::Serialize;
 
-use crate::trainer::{load_latest, RunConfig};
+use crate::trainer::{checkpoint_weights, load_latest, RunConfig};
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
@@ -114,12 +114,7 @@ fn export(args: &ExportArgs) -> Result<ExportReport> {
     let cfg: RunConfig = serde_json::from_value(manifest.meta["config"].clone())
         .with_context(|| format!("{}: no run configuration in meta", ckpt.path.display()))?;
     let model = cfg.model_spec(false)?.build().map_err(|e| anyhow!("{e}"))?;
-    let weights = weights_used(&tensors, args.last_weights);
-    let tensors = if weights == "moving_average" {
-        psflow_graph::train::ema::averaged(tensors)
-    } else {
-        tensors
-    };
+    let (tensors, weights) = checkpoint_weights(tensors, args.last_weights);
     let values: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
     let io = InferenceIo {
         input: model.input.clone(),
@@ -154,14 +149,4 @@ fn export(args: &ExportArgs) -> Result<ExportReport> {
         outputs: [LOGITS, PROBABILITIES],
         weights,
     })
-}
-
-/// Which weights of a checkpoint to use: its moving averages when it has
-/// them (unless `last` asks for the last weights), else the last weights.
-pub(crate) fn weights_used(tensors: &[(String, Tensor)], last: bool) -> &'static str {
-    if !last && psflow_graph::train::ema::has_averages(tensors) {
-        "moving_average"
-    } else {
-        "last"
-    }
 }

@@ -171,12 +171,7 @@ fn build(args: &BuildArgs) -> Result<()> {
     })?;
     let s = summarize(&model.graph).context("summarising the built graph")?;
     let training = if args.train && !args.forward_only {
-        psflow_graph::train::ema::validate(args.moving_average_decay).map_err(|_| {
-            anyhow::anyhow!(
-                "--moving-average-decay must be in [0, 1) (0: no averages), got {}",
-                args.moving_average_decay
-            )
-        })?;
+        let moving_average_decay = crate::trainer::moving_average_flag(args.moving_average_decay)?;
         let optimizer = Optimizer::with_defaults(&args.optimizer)
             .ok_or_else(|| anyhow::anyhow!("--optimizer {}: unknown", args.optimizer))?;
         Some(
@@ -184,8 +179,7 @@ fn build(args: &BuildArgs) -> Result<()> {
                 .add_training(&TrainConfig {
                     optimizer,
                     weight_decay: args.weight_decay,
-                    moving_average_decay: (args.moving_average_decay > 0.0)
-                        .then_some(args.moving_average_decay),
+                    moving_average_decay,
                 })
                 .context("adding the training step")?,
         )
@@ -283,7 +277,7 @@ fn build_json(args: &BuildArgs, m: &Model, s: &Summary, t: Option<&TrainGraph>) 
             "global_step": t.global_step,
             "optimizer": args.optimizer,
             // As written on the command line (4e-5, not its f32 widened).
-            "weight_decay": args.weight_decay.to_string().parse::<f64>().unwrap_or_default(),
+            "weight_decay": psflow_graph::train::as_written(args.weight_decay),
             "averages": t.averages.iter().map(|(v, s)| json!({"variable": v, "average": s})).collect::<Vec<_>>(),
         })),
     })

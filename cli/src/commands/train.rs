@@ -22,7 +22,7 @@ use psflow_worker::run::{
 };
 use serde_json::json;
 
-use crate::trainer::{load_latest, RunConfig, Trainer};
+use crate::trainer::{load_latest, moving_average_flag, RunConfig, Trainer};
 
 /// What to train and how: the model, data and optimizer flags shared by
 /// `psflow train` and `psflow submit`.
@@ -191,12 +191,7 @@ impl JobArgs {
                 self.weight_decay
             );
         }
-        psflow_graph::train::ema::validate(self.moving_average_decay).map_err(|_| {
-            anyhow!(
-                "--moving-average-decay must be in [0, 1) (0 turns averaging off), got {}",
-                self.moving_average_decay
-            )
-        })?;
+        let moving_average_decay = moving_average_flag(self.moving_average_decay)?;
         let cfg = RunConfig {
             model: self.model.name().to_string(),
             alpha: self.alpha,
@@ -220,8 +215,7 @@ impl JobArgs {
                 },
                 (false, other) => other.to_string(),
             },
-            moving_average_decay: (self.moving_average_decay > 0.0)
-                .then_some(self.moving_average_decay),
+            moving_average_decay,
         };
         // Builds (and so checks) the model configuration.
         cfg.model_spec(false)?.build().map_err(|e| anyhow!("{e}"))?;
@@ -562,7 +556,7 @@ fn train_loop(
                 "moving_average_decay".to_string(),
                 json!(cfg
                     .moving_average_decay
-                    .map(|d| d.to_string().parse::<f64>().unwrap_or_default())),
+                    .map(psflow_graph::train::as_written)),
             ),
             (
                 "last_weights".to_string(),

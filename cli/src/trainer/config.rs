@@ -37,6 +37,15 @@ pub struct RunConfig {
     pub moving_average_decay: Option<f32>,
 }
 
+/// `--moving-average-decay D` as a configuration: None for 0 (no
+/// averages); a usage error outside [0, 1).
+pub fn moving_average_flag(decay: f32) -> Result<Option<f32>> {
+    psflow_graph::train::ema::validate(decay).map_err(|_| {
+        anyhow!("--moving-average-decay must be in [0, 1) (0 turns averaging off), got {decay}")
+    })?;
+    Ok((decay > 0.0).then_some(decay))
+}
+
 impl RunConfig {
     pub fn arch(&self) -> Result<Architecture> {
         self.model.parse().map_err(|e: String| anyhow!(e))

@@ -22,7 +22,7 @@ use psflow_kernels::cuda::{CudaDevice, Prefetched};
 use psflow_worker::data::Dataset;
 use psflow_worker::run::{Checkpoint, Losses};
 
-pub use config::RunConfig;
+pub use config::{moving_average_flag, RunConfig};
 
 /// A model ready to train and evaluate.
 pub struct Trainer {
@@ -309,18 +309,22 @@ impl Trainer {
     /// Puts each averaged variable's shadow in its place in the store;
     /// returns the values it replaced.
     fn swap_in_averages(&self) -> Result<Vec<(String, Tensor)>> {
-        let mut saved: Vec<(String, Tensor)> = Vec::with_capacity(self.graph.averages.len());
-        for (v, s) in &self.graph.averages {
-            let (Some(value), Some(shadow)) = (self.store.get(v), self.store.get(s)) else {
-                for (name, t) in saved {
-                    self.store.set(&name, t);
-                }
-                bail!("the moving average of {v:?} is not initialised");
-            };
-            saved.push((v.to_string(), value));
-            self.store.set(v, shadow);
-        }
-        Ok(saved)
+        let pairs = self
+            .graph
+            .averages
+            .iter()
+            .map(|(v, s)| match (self.store.get(v), self.store.get(s)) {
+                (Some(value), Some(shadow)) => Ok((v.clone(), value, shadow)),
+                _ => Err(anyhow!("the moving average of {v:?} is not initialised")),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(pairs
+            .into_iter()
+            .map(|(v, value, shadow)| {
+                self.store.set(&v, shadow);
+                (v, value)
+            })
+            .collect())
     }
 
     /// Every entry of the store (variables, slots, global_step, random
@@ -349,6 +353,21 @@ impl Trainer {
             self.store.set(&name, t);
         }
         Ok(())
+    }
+}
+
+/// The weights of a checkpoint to evaluate or export: its moving averages
+/// in place of the variables when it has them (unless `last`), else the
+/// last weights; with which of the two (`moving_average` or `last`).
+pub fn checkpoint_weights(
+    tensors: Vec<(String, Tensor)>,
+    last: bool,
+) -> (Vec<(String, Tensor)>, &'static str) {
+    use psflow_graph::train::ema;
+    if !last && ema::has_averages(&tensors) {
+        (ema::averaged(tensors), "moving_average")
+    } else {
+        (tensors, "last")
     }
 }
 

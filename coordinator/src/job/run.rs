@@ -444,6 +444,6 @@ async fn drive(
         "shards": stats,
         "weights": if spec.moving_average_decay > 0.0 { "moving_average" } else { "last" },
         "moving_average_decay": (spec.moving_average_decay > 0.0)
-            .then(|| spec.moving_average_decay.to_string().parse::<f64>().unwrap_or_default()),
+            .then(|| psflow_graph::train::as_written(spec.moving_average_decay)),
     }))
 }

@@ -92,7 +92,7 @@ fn type_attr(d: DType) -> AttrValue {
     AttrValue::from_type(dtype_to_proto(d))
 }
 
-fn konst(name: &str, t: &Tensor) -> Node {
+pub(super) fn konst(name: &str, t: &Tensor) -> Node {
     Node::new(name, "Const")
         .attr("dtype", type_attr(t.dtype()))
         .attr("value", AttrValue::from_tensor(tensor_to_proto(t)))

@@ -25,9 +25,9 @@
 use psflow_kernels::{DType, Tensor};
 use psflow_proto::tensorflow::{AttrValue, TensorShapeProto};
 
-use crate::dtype::dtype_to_proto;
+use super::builder::konst;
 use crate::ir::{Graph, Node, TensorName};
-use crate::tensor_proto::tensor_to_proto;
+use crate::zoo::type_attr;
 use crate::{Error, Result};
 
 /// What a shadow variable's name adds to its variable's.
@@ -96,16 +96,8 @@ pub fn has_averages(tensors: &[(String, Tensor)]) -> bool {
     tensors.iter().any(|(n, _)| n.ends_with(SUFFIX))
 }
 
-fn type_attr(d: DType) -> AttrValue {
-    AttrValue::from_type(dtype_to_proto(d))
-}
-
 fn add_const(graph: &mut Graph, name: &str, t: &Tensor) -> Result<TensorName> {
-    graph.add(
-        Node::new(name, "Const")
-            .attr("dtype", type_attr(t.dtype()))
-            .attr("value", AttrValue::from_tensor(tensor_to_proto(t))),
-    )?;
+    graph.add(konst(name, t))?;
     Ok(TensorName::new(name, 0))
 }
 
