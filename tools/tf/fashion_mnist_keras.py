@@ -8,8 +8,13 @@ batch 128, 2 epochs; images resized 28 -> 32 (bilinear), grey replicated
 to RGB, per-image standardization (psflow's `--augment none`). Prints the
 test top-1 of each seed and their mean, as JSON with --json.
 
+With --ema M, Keras' own weight averaging (RMSprop(use_ema=True,
+ema_momentum=M)) is on: `fit` ends by writing the averages into the
+model, so the top-1 reported is the averaged weights' (psflow's default
+also evaluates averages).
+
 Usage: fashion_mnist_keras.py [--data-dir DIR] [--epochs 2] [--seeds 1 2]
-       [--preprocess standardize|scale] [--json]
+       [--preprocess standardize|scale] [--ema 0.99] [--json]
 Needs tensorflow-cpu (e.g. the venv benchmarks/peers/ uses).
 """
 
@@ -50,6 +55,8 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[1])
     ap.add_argument("--preprocess", choices=["standardize", "scale"], default="standardize",
                     help="per-image standardization (psflow's default) or MobileNet's [-1, 1] scaling")
+    ap.add_argument("--ema", type=float, default=None,
+                    help="Keras' use_ema with this ema_momentum; reports the averaged weights too")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -75,8 +82,9 @@ def main():
         tf.keras.utils.set_random_seed(seed)
         model = tf.keras.applications.MobileNet(
             input_shape=(32, 32, 3), alpha=0.5, weights=None, classes=10)
+        ema = {} if args.ema is None else {"use_ema": True, "ema_momentum": args.ema}
         opt = tf.keras.optimizers.RMSprop(
-            learning_rate=args.lr, rho=0.9, momentum=0.9, epsilon=1.0)
+            learning_rate=args.lr, rho=0.9, momentum=0.9, epsilon=1.0, **ema)
         model.compile(optimizer=opt, loss="sparse_categorical_crossentropy",
                       metrics=["accuracy"])
         t0 = time.time()
@@ -86,12 +94,13 @@ def main():
         _, acc = model.evaluate(xte, y_test, batch_size=250, verbose=0)
         results.append({"seed": seed, "top1": float(acc), "train_seconds": wall})
         if not args.json:
-            print(f"seed {seed}: test top-1 {acc:.4f} ({wall:.0f} s)")
+            weights = "averaged" if args.ema is not None else "last"
+            print(f"seed {seed}: test top-1 {acc:.4f}, {weights} weights ({wall:.0f} s)")
     out = {
         "tensorflow": tf.__version__,
         "recipe": {"alpha": 0.5, "resolution": 32, "batch_size": args.batch_size,
                    "epochs": args.epochs, "lr": args.lr, "rho": 0.9, "momentum": 0.9,
-                   "epsilon": 1.0, "preprocess": args.preprocess},
+                   "epsilon": 1.0, "preprocess": args.preprocess, "ema_momentum": args.ema},
         "runs": results,
         "mean_top1": float(np.mean([r["top1"] for r in results])),
     }
