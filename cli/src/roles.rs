@@ -87,7 +87,7 @@ fn pick_device(flag: &str) -> Result<(String, Option<Arc<CudaDevice>>)> {
     Ok((name, gpu))
 }
 
-fn init_logging() {
+pub(crate) fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("PSFLOW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()

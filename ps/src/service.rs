@@ -294,6 +294,7 @@ impl ParameterServer for PsService {
             partial: header.partial,
             tensors,
         };
+        let received = std::time::Instant::now();
         let reply = self
             .blocking(header.job_id.clone(), move |s| s.push(push))
             .await?;
@@ -301,6 +302,7 @@ impl ParameterServer for PsService {
             job = %header.job_id,
             worker = header.worker,
             step = header.base_version,
+            apply_ms = received.elapsed().as_secs_f64() * 1e3,
             outcome = ?reply.outcome,
             version = reply.version,
             "push"

@@ -57,6 +57,11 @@ async fn bind() -> Result<(TcpListener, String)> {
 impl LocalCluster {
     /// Starts `workers` workers, `ps` parameter servers and a coordinator.
     pub async fn start(workers: usize, ps: usize) -> Result<LocalCluster> {
+        // The tasks' logs stay quiet under the progress bar unless asked
+        // for (`PSFLOW_LOG=debug` shows each step's timeline).
+        if std::env::var_os("PSFLOW_LOG").is_some() {
+            crate::roles::init_logging();
+        }
         let membership = Arc::new(MemoryMembership::new("local")?);
         let dyn_m: Arc<dyn Membership> = membership.clone();
         let mut ps_members = Vec::new();

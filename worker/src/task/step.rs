@@ -174,6 +174,10 @@ pub struct Task {
     pull_timeout: Duration,
 }
 
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
 fn tensor_name(s: &str, what: &str) -> Result<TensorName> {
     if s.is_empty() {
         return Err(TaskError::Invalid(format!("the task spec names no {what}")));
@@ -393,6 +397,7 @@ impl Task {
         let mut calls = Calls(Vec::new());
         let mut pulled = Vec::with_capacity(self.shards.len());
         let mut pushed = Vec::with_capacity(self.shards.len());
+        let first_pulled = Arc::new(std::sync::OnceLock::new());
         for (s, source) in self.shards.iter().zip(sources) {
             let (version_tx, version_rx) = oneshot::channel::<u64>();
             let (pull_done, pull_rx) = oneshot::channel();
@@ -400,6 +405,7 @@ impl Task {
             let pulls = s.pulls.clone();
             let (index, addr) = (s.index, client.addr().to_string());
             let (state2, timeout) = (state.clone(), self.pull_timeout);
+            let first_pulled = first_pulled.clone();
             calls.0.push(tokio::spawn(async move {
                 let names: Vec<String> = pulls.iter().map(|(n, _)| n.clone()).collect();
                 let mut next = 0usize;
@@ -417,6 +423,7 @@ impl Task {
                                 "sent {name:?} where {want:?} was expected"
                             )));
                         }
+                        first_pulled.get_or_init(|| began.elapsed());
                         next += 1;
                         nbytes += value.nbytes() as u64;
                         state2
@@ -516,6 +523,7 @@ impl Task {
             .ok_or_else(|| {
                 TaskError::Internal(format!("the input pipeline ended at step {step}"))
             })?;
+        let batch_ready = began.elapsed();
         let examples = batch.len();
         let label_values: Vec<i32> = batch.labels.values::<i32>("labels")?.to_vec();
         let feeds = vec![
@@ -538,6 +546,7 @@ impl Task {
             }
             return Err(e.into());
         }
+        let computed = began.elapsed();
         for rx in pulled {
             bytes.0 += rx
                 .await
@@ -564,6 +573,15 @@ impl Task {
             bytes.1 += n;
         }
         drop(calls);
+        // Where the step's time went, for `RUST_LOG=psflow_worker=debug`.
+        tracing::debug!(
+            step,
+            batch_ms = ms(batch_ready),
+            first_pull_ms = first_pulled.get().copied().map_or(f64::NAN, ms),
+            run_end_ms = ms(computed),
+            total_ms = ms(began.elapsed()),
+            "step timeline"
+        );
         let event = replies
             .iter()
             .zip(&self.shards)
