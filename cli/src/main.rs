@@ -1,5 +1,6 @@
 //! `psflow`: the one binary. Every role and client command is a subcommand.
 
+mod alloc;
 mod bench;
 mod cluster;
 mod commands;
@@ -120,10 +121,7 @@ enum BenchCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Steps free and reallocate the same large buffers (activations,
-    // pulled variables, gradients on the wire); keep them in the process
-    // instead of paying page faults for them every step.
-    psflow_ps::alloc::keep_freed_memory();
+    alloc::keep_freed_memory();
     psflow_kernels::threads::init(cli.threads);
     match dispatch(cli.command) {
         Ok(code) => code,

@@ -13,7 +13,6 @@
 //!
 //! The protocol, limits and modes are described in `docs/cluster.md`.
 
-pub mod alloc;
 pub mod bench;
 pub mod client;
 pub mod config;

@@ -27,7 +27,6 @@ pub fn run(args: &BenchTransferArgs) -> std::result::Result<(), (bool, anyhow::E
             anyhow!("--mib must be 1..=4096 and --repeats at least 1"),
         ));
     }
-    psflow_ps::alloc::keep_freed_memory();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
