@@ -13,6 +13,13 @@ pub const CHUNK_BYTES: usize = 1 << 20;
 /// header counts [`CHUNK_OVERHEAD`] plus its name and shape).
 pub const MESSAGE_DATA_BYTES: usize = 1 << 20;
 
+/// The first message of a stream closes at this many data bytes, and each
+/// next one at twice the last, up to [`MESSAGE_DATA_BYTES`]: a message is
+/// decoded only when whole, so the first tensors of a pull (the first
+/// layers, which the step waits for) arrive without waiting for a full
+/// megabyte behind them.
+pub const FIRST_MESSAGE_DATA_BYTES: usize = 32 << 10;
+
 /// Estimated encoded size of a chunk's fixed fields, for packing.
 pub const CHUNK_OVERHEAD: usize = 64;
 

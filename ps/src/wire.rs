@@ -10,7 +10,8 @@ use psflow_proto::ps::{TensorChunk, TensorRole};
 use psflow_proto::tensorflow::DataType;
 
 use crate::limits::{
-    Limits, CHUNK_BYTES, CHUNK_OVERHEAD, MAX_NAME_BYTES, MAX_RANK, MESSAGE_DATA_BYTES,
+    Limits, CHUNK_BYTES, CHUNK_OVERHEAD, FIRST_MESSAGE_DATA_BYTES, MAX_NAME_BYTES, MAX_RANK,
+    MESSAGE_DATA_BYTES,
 };
 use crate::{Error, Result};
 
@@ -84,14 +85,16 @@ pub fn tensor_bytes(t: &Tensor) -> Bytes {
 }
 
 /// Cuts tensors into chunks of at most [`CHUNK_BYTES`] and packs them into
-/// messages of about [`MESSAGE_DATA_BYTES`] (each inner vector is one
-/// message). Data are shared with the tensors, not copied.
+/// messages growing from [`FIRST_MESSAGE_DATA_BYTES`] to about
+/// [`MESSAGE_DATA_BYTES`] (each inner vector is one message). Data are
+/// shared with the tensors, not copied.
 pub fn pack<'a>(
     tensors: impl IntoIterator<Item = (&'a str, TensorRole, &'a Tensor)>,
 ) -> Vec<Vec<TensorChunk>> {
     let mut messages = Vec::new();
     let mut current: Vec<TensorChunk> = Vec::new();
     let mut size = 0usize;
+    let mut budget = FIRST_MESSAGE_DATA_BYTES;
     for (name, role, t) in tensors {
         let bytes = tensor_bytes(t);
         let total = bytes.len();
@@ -117,9 +120,10 @@ pub fn pack<'a>(
                 role: role as i32,
             };
             let cost = CHUNK_OVERHEAD + name.len() + 10 * chunk.shape.len() + (end - offset);
-            if !current.is_empty() && size + cost > MESSAGE_DATA_BYTES {
+            if !current.is_empty() && size + cost > budget {
                 messages.push(std::mem::take(&mut current));
                 size = 0;
+                budget = (budget * 2).min(MESSAGE_DATA_BYTES);
             }
             current.push(chunk);
             size += cost;
@@ -450,6 +454,26 @@ mod tests {
             assert_eq!(&r.name, n);
             assert_eq!(&r.value, t);
         }
+    }
+
+    #[test]
+    fn messages_start_small_and_grow_to_the_full_size() {
+        // 200 tensors of 16 KiB: 3.2 MB in all.
+        let t = Tensor::new(vec![4096], vec![1f32; 4096]).unwrap();
+        let names: Vec<String> = (0..200).map(|i| format!("layer_{i}")).collect();
+        let messages = pack(names.iter().map(|n| (n.as_str(), TensorRole::Gradient, &t)));
+        let data: Vec<usize> = messages
+            .iter()
+            .map(|m| m.iter().map(|c| c.data.len()).sum())
+            .collect();
+        assert!(data[0] <= FIRST_MESSAGE_DATA_BYTES, "{data:?}");
+        assert!(data[1] > data[0] && data[2] > data[1], "{data:?}");
+        assert!(data.iter().all(|&d| d <= MESSAGE_DATA_BYTES), "{data:?}");
+        assert!(data[data.len() - 2] > MESSAGE_DATA_BYTES / 2, "{data:?}");
+        assert_eq!(data.iter().sum::<usize>(), 200 * 4096 * 4);
+        // Order is kept, so the first layers arrive first.
+        let order: Vec<&str> = messages.iter().flatten().map(|c| c.name.as_str()).collect();
+        assert_eq!(order, names);
     }
 
     #[test]
