@@ -221,16 +221,17 @@ impl PsClient {
     }
 
     /// [`PsClient::push`] of tensors that are still being computed: each
-    /// is sent as soon as `tensors` yields it, in one Push call that the
-    /// shard applies when the stream ends. The stream must end only when
-    /// the push is complete; to abandon it, drop the returned future (the
-    /// call is reset and the shard discards what it received).
+    /// batch is sent as soon as `batches` yields it (packed into messages
+    /// together), in one Push call that the shard applies when the stream
+    /// ends. The stream must end only when the push is complete; to
+    /// abandon it, drop the returned future (the call is reset and the
+    /// shard discards what it received).
     pub async fn push_stream(
         &mut self,
         worker: u32,
         base_version: u64,
         partial: bool,
-        tensors: impl futures::Stream<Item = (String, TensorRole, Tensor)> + Send + 'static,
+        batches: impl futures::Stream<Item = Vec<(String, TensorRole, Tensor)>> + Send + 'static,
     ) -> Result<PushReply> {
         use futures::StreamExt;
         let header = pb::PushRequest {
@@ -242,8 +243,12 @@ impl PsClient {
             }),
             chunks: vec![],
         };
-        let body = tensors.flat_map(|(name, role, t)| {
-            let messages = pack(std::iter::once((name.as_str(), role, &t)));
+        let body = batches.flat_map(|batch| {
+            let messages = pack(
+                batch
+                    .iter()
+                    .map(|(name, role, t)| (name.as_str(), *role, t)),
+            );
             futures::stream::iter(
                 messages
                     .into_iter()

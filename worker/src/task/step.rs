@@ -52,12 +52,34 @@ struct ShardWork {
     pushes: Vec<(String, TensorRole)>,
 }
 
+/// Bytes of pushed tensors gathered before they are handed to the push
+/// task together (or fewer, with the shard's last tensor). Handing each
+/// gradient over on its own woke the push task, h2 and the shard's
+/// receiving task for every one of ~80 tensors a step; the shard applies
+/// nothing before the push ends, so holding them back costs nothing but
+/// the last batch's few hundred kilobytes at the end.
+pub const PUSH_BATCH_BYTES: usize = 256 << 10;
+
+/// Pushed tensors of one shard not yet handed to its push task.
+#[derive(Default)]
+struct Pending {
+    /// (index into the shard's pushes, value).
+    items: Vec<(usize, Tensor)>,
+    bytes: usize,
+    /// Tensors of this step received so far, handed over or not.
+    seen: usize,
+}
+
 /// The tensors of one step in flight.
 struct StepState {
     /// Pulled values waiting for their `_Recv`s.
     local: LocalRendezvous,
-    /// Per shard: where its pushed tensors go (index into its pushes).
-    sinks: Vec<mpsc::UnboundedSender<(usize, Tensor)>>,
+    /// Per shard: where batches of its pushed tensors go.
+    sinks: Vec<mpsc::UnboundedSender<Vec<(usize, Tensor)>>>,
+    /// Per shard: tensors gathered for the next batch.
+    pending: Vec<Mutex<Pending>>,
+    /// Per shard: how many tensors the step pushes there.
+    totals: Vec<usize>,
 }
 
 /// The worker session's rendezvous: `_Send`s of pushed tensors go to the
@@ -95,12 +117,31 @@ impl Rendezvous for StepRendezvous {
         let state = self.state(key)?;
         match self.pushes.get(key) {
             Some(&(shard, i)) => {
-                state.sinks[shard]
-                    .send((i, value))
-                    .map_err(|_| psflow_graph::Error::Rendezvous {
-                        key: key.to_string(),
-                        detail: format!("the push to shard {shard} was abandoned"),
-                    })
+                let batch = {
+                    let mut p = state.pending[shard]
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    p.bytes += value.nbytes();
+                    p.seen += 1;
+                    p.items.push((i, value));
+                    if p.bytes >= PUSH_BATCH_BYTES || p.seen == state.totals[shard] {
+                        p.bytes = 0;
+                        Some(std::mem::take(&mut p.items))
+                    } else {
+                        None
+                    }
+                };
+                match batch {
+                    Some(b) => {
+                        state.sinks[shard]
+                            .send(b)
+                            .map_err(|_| psflow_graph::Error::Rendezvous {
+                                key: key.to_string(),
+                                detail: format!("the push to shard {shard} was abandoned"),
+                            })
+                    }
+                    None => Ok(()),
+                }
             }
             None => state.local.send(key, value),
         }
@@ -388,6 +429,8 @@ impl Task {
         let state = Arc::new(StepState {
             local: LocalRendezvous::new(),
             sinks,
+            pending: self.shards.iter().map(|_| Mutex::default()).collect(),
+            totals: self.shards.iter().map(|s| s.pushes.len()).collect(),
         });
         self.rendezvous.begin(state.clone());
 
@@ -480,7 +523,7 @@ impl Task {
                 let n = pushes.len();
                 let nbytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
                 let counted = nbytes.clone();
-                let tensors = futures::stream::unfold((source, 0usize), move |(mut rx, k)| {
+                let batches = futures::stream::unfold((source, 0usize), move |(mut rx, k)| {
                     let pushes = pushes.clone();
                     let counted = counted.clone();
                     async move {
@@ -488,13 +531,20 @@ impl Task {
                             return None;
                         }
                         match rx.recv().await {
-                            Some((i, t)) => {
-                                counted.fetch_add(
-                                    t.nbytes() as u64,
-                                    std::sync::atomic::Ordering::Relaxed,
-                                );
-                                let (name, role) = pushes[i].clone();
-                                Some(((name, role, t), (rx, k + 1)))
+                            Some(batch) => {
+                                let k = k + batch.len();
+                                let batch: Vec<_> = batch
+                                    .into_iter()
+                                    .map(|(i, t)| {
+                                        counted.fetch_add(
+                                            t.nbytes() as u64,
+                                            std::sync::atomic::Ordering::Relaxed,
+                                        );
+                                        let (name, role) = pushes[i].clone();
+                                        (name, role, t)
+                                    })
+                                    .collect();
+                                Some((batch, (rx, k)))
                             }
                             // The graph stopped before sending everything:
                             // never end the push cleanly (it would apply a
@@ -504,7 +554,7 @@ impl Task {
                     }
                 });
                 let r = client
-                    .push_stream(worker, base, false, tensors)
+                    .push_stream(worker, base, false, batches)
                     .await
                     .map(|reply| (reply, nbytes.load(std::sync::atomic::Ordering::Relaxed)))
                     .map_err(|source| TaskError::Shard {
