@@ -10,8 +10,11 @@
 //! push per shard is opened whose tensors are the graph's `_Send`s
 //! (gradients, batch-norm moving statistics), each sent as soon as the
 //! backward pass produces it. The shard applies the push when its last
-//! tensor arrives. A failed step aborts the rendezvous and drops the open
-//! calls (a push cut short is reset, never applied).
+//! tensor arrives. In sync mode the next step's pulls open as soon as the
+//! graph has run, before the pushes' replies: each shard streams the next
+//! version the moment it has applied this one. A failed step aborts the
+//! rendezvous and drops the open calls (a push cut short is reset, never
+//! applied; the next step's pulls are dropped with it).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -163,6 +166,25 @@ impl Rendezvous for StepRendezvous {
             Err(_) => false,
         }
     }
+}
+
+/// A step's pulls, opened by [`Task::start_pulls`] (in sync mode while
+/// the previous step waits for its pushes' replies).
+struct Pulls {
+    /// When they were opened.
+    began: Instant,
+    /// The step's tensors: pulled values wait here for their `_Recv`s.
+    state: Arc<StepState>,
+    /// Per shard: the tensors the step's `_Send`s push there.
+    sources: Vec<mpsc::UnboundedReceiver<Vec<(usize, Tensor)>>>,
+    /// The pull tasks (the step adds its push tasks).
+    calls: Calls,
+    /// Per shard: the bytes pulled, or why the pull failed.
+    pulled: Vec<oneshot::Receiver<Result<u64>>>,
+    /// Per shard: the version pulled (async mode pushes against it).
+    versions: Vec<oneshot::Receiver<u64>>,
+    /// When the first pulled tensor arrived.
+    first_pulled: Arc<std::sync::OnceLock<Instant>>,
 }
 
 /// Aborts the step's calls still running when dropped (a failed step).
@@ -388,10 +410,16 @@ impl Task {
     /// is closed (nobody follows the task any more).
     pub async fn run(self, progress: mpsc::Sender<TaskProgress>) -> Result<()> {
         let mut bytes = (0u64, 0u64);
+        let mut next = None;
         for step in self.spec.start_step..self.spec.end_step {
-            let r = self.step(step, &mut bytes).await;
+            let pulls = match next.take() {
+                Some(p) => p,
+                None => self.start_pulls(step),
+            };
+            let r = self.step(step, pulls, &mut bytes).await;
             self.rendezvous.end();
-            let report = r?;
+            let (report, pulls) = r?;
+            next = pulls;
             if progress.send(report).await.is_err() {
                 return Err(TaskError::Cancelled);
             }
@@ -407,18 +435,11 @@ impl Task {
         progress.send(last).await.map_err(|_| TaskError::Cancelled)
     }
 
-    /// One step (see the module docs); adds the bytes pulled and pushed.
-    async fn step(&self, step: u64, bytes: &mut (u64, u64)) -> Result<TaskProgress> {
-        let began = Instant::now();
+    /// Opens the pulls of `step`: one stream per shard, whose tensors wait
+    /// in the step's own rendezvous until its `_Recv`s take them.
+    fn start_pulls(&self, step: u64) -> Pulls {
         let sync = self.spec.mode() == SyncMode::Sync;
-        let pipeline = self.pipeline.clone();
-        let batch = tokio::task::spawn_blocking(move || {
-            pipeline
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .next_batch()
-        });
-
+        let began = Instant::now();
         let mut sinks = Vec::with_capacity(self.shards.len());
         let mut sources = Vec::with_capacity(self.shards.len());
         for _ in &self.shards {
@@ -432,16 +453,12 @@ impl Task {
             pending: self.shards.iter().map(|_| Mutex::default()).collect(),
             totals: self.shards.iter().map(|s| s.pushes.len()).collect(),
         });
-        self.rendezvous.begin(state.clone());
-
-        // Pulls and pushes run as their own tasks: the graph consumes and
-        // produces their tensors while it runs.
         let min_version = if sync { step } else { 0 };
         let mut calls = Calls(Vec::new());
         let mut pulled = Vec::with_capacity(self.shards.len());
-        let mut pushed = Vec::with_capacity(self.shards.len());
+        let mut versions = Vec::with_capacity(self.shards.len());
         let first_pulled = Arc::new(std::sync::OnceLock::new());
-        for (s, source) in self.shards.iter().zip(sources) {
+        for s in &self.shards {
             let (version_tx, version_rx) = oneshot::channel::<u64>();
             let (pull_done, pull_rx) = oneshot::channel();
             let mut client = s.client.clone();
@@ -466,7 +483,7 @@ impl Task {
                                 "sent {name:?} where {want:?} was expected"
                             )));
                         }
-                        first_pulled.get_or_init(|| began.elapsed());
+                        first_pulled.get_or_init(Instant::now);
                         next += 1;
                         nbytes += value.nbytes() as u64;
                         state2
@@ -503,7 +520,54 @@ impl Task {
                 }));
             }));
             pulled.push(pull_rx);
+            versions.push(version_rx);
+        }
+        Pulls {
+            began,
+            state,
+            sources,
+            calls,
+            pulled,
+            versions,
+            first_pulled,
+        }
+    }
 
+    /// One step (see the module docs) on its opened `pulls`; adds the bytes
+    /// pulled and pushed. In sync mode, once the graph has run (every
+    /// gradient is on its way), opens the next step's pulls before waiting
+    /// for the pushes' replies: the shards stream the next version as soon
+    /// as they have applied this one, without another round trip.
+    async fn step(
+        &self,
+        step: u64,
+        pulls: Pulls,
+        bytes: &mut (u64, u64),
+    ) -> Result<(TaskProgress, Option<Pulls>)> {
+        let began = Instant::now();
+        let sync = self.spec.mode() == SyncMode::Sync;
+        let pipeline = self.pipeline.clone();
+        let batch = tokio::task::spawn_blocking(move || {
+            pipeline
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .next_batch()
+        });
+        let Pulls {
+            began: pulls_began,
+            state,
+            sources,
+            mut calls,
+            pulled,
+            versions,
+            first_pulled,
+        } = pulls;
+        self.rendezvous.begin(state.clone());
+
+        // Pushes run as their own tasks: the graph produces their tensors
+        // while it runs.
+        let mut pushed = Vec::with_capacity(self.shards.len());
+        for ((s, source), version_rx) in self.shards.iter().zip(sources).zip(versions) {
             let (push_done, push_rx) = oneshot::channel();
             let mut client = s.client.clone();
             let pushes = s.pushes.clone();
@@ -597,6 +661,7 @@ impl Task {
             return Err(e.into());
         }
         let computed = began.elapsed();
+        let next = (sync && step + 1 < self.spec.end_step).then(|| self.start_pulls(step + 1));
         for rx in pulled {
             bytes.0 += rx
                 .await
@@ -627,7 +692,10 @@ impl Task {
         tracing::debug!(
             step,
             batch_ms = ms(batch_ready),
-            first_pull_ms = first_pulled.get().copied().map_or(f64::NAN, ms),
+            pull_opened_ms = -ms(began.saturating_duration_since(pulls_began)),
+            first_pull_ms = first_pulled
+                .get()
+                .map_or(f64::NAN, |t| ms(t.saturating_duration_since(began))),
             run_end_ms = ms(computed),
             total_ms = ms(began.elapsed()),
             "step timeline"
@@ -644,18 +712,21 @@ impl Task {
             .map(|(r, s)| format!("shard {}: {}", s.index, r.message))
             .collect::<Vec<_>>()
             .join("; ");
-        Ok(TaskProgress {
-            step: step + 1,
-            total_loss: total,
-            cross_entropy_loss: xent,
-            regularization_loss: reg,
-            examples: examples as u32,
-            correct: correct as u32,
-            seconds: began.elapsed().as_secs_f64(),
-            bytes_pulled: bytes.0,
-            bytes_pushed: bytes.1,
-            done: false,
-            event,
-        })
+        Ok((
+            TaskProgress {
+                step: step + 1,
+                total_loss: total,
+                cross_entropy_loss: xent,
+                regularization_loss: reg,
+                examples: examples as u32,
+                correct: correct as u32,
+                seconds: began.elapsed().as_secs_f64(),
+                bytes_pulled: bytes.0,
+                bytes_pushed: bytes.1,
+                done: false,
+                event,
+            },
+            next,
+        ))
     }
 }
