@@ -8,13 +8,14 @@
 //! worker graph's `_Recv`s through the step's rendezvous — so the first
 //! layers compute while later variables are still on the wire; and one
 //! push per shard is opened whose tensors are the graph's `_Send`s
-//! (gradients, batch-norm moving statistics), each sent as soon as the
-//! backward pass produces it. The shard applies the push when its last
-//! tensor arrives. In sync mode the next step's pulls open as soon as the
-//! graph has run, before the pushes' replies: each shard streams the next
-//! version the moment it has applied this one. A failed step aborts the
-//! rendezvous and drops the open calls (a push cut short is reset, never
-//! applied; the next step's pulls are dropped with it).
+//! (gradients, batch-norm moving statistics), sent in batches of
+//! [`PUSH_BATCH_BYTES`] while the backward pass produces them. The shard
+//! applies the push when its last tensor arrives. In sync mode the next
+//! step's pulls open as soon as the graph has run, before the pushes'
+//! replies: each shard streams the next version the moment it has applied
+//! this one. A failed step aborts the rendezvous and drops the open calls
+//! (a push cut short is reset, never applied; the next step's pulls are
+//! dropped with it).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
