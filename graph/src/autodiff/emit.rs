@@ -2,18 +2,14 @@
 //! constants, shapes (constant when static, a `Shape` op when not), and the
 //! per-node context that each op's gradient function receives.
 
+use crate::zoo::type_attr;
 use psflow_kernels::{DType, Tensor};
 use psflow_proto::tensorflow::AttrValue;
 
-use crate::dtype::dtype_to_proto;
 use crate::ir::{Graph, Node, TensorName};
 use crate::registry::TensorInfo;
 use crate::tensor_proto::tensor_to_proto;
 use crate::{Error, Result};
-
-pub(crate) fn type_attr(d: DType) -> AttrValue {
-    AttrValue::from_type(dtype_to_proto(d))
-}
 
 /// Adds nodes to the graph under a name scope, making names unique the
 /// way TensorFlow does (`name`, `name_1`, `name_2`, …).

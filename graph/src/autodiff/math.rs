@@ -4,9 +4,10 @@
 use psflow_kernels::DType;
 use psflow_proto::tensorflow::AttrValue;
 
-use super::emit::{type_attr, GradCtx};
+use super::emit::GradCtx;
 use crate::ir::TensorName;
 use crate::registry::broadcast_reduction_axes;
+use crate::zoo::type_attr;
 use crate::Result;
 
 type Grads = Result<Vec<Option<TensorName>>>;

@@ -26,8 +26,9 @@ use psflow_proto::tensorflow::AttrValue;
 use crate::ir::{Graph, TensorName};
 use crate::registry::{Registry, TensorInfo};
 use crate::validate::validate;
+use crate::zoo::type_attr;
 use crate::{Error, Result};
-use emit::{type_attr, Emitter, GradCtx};
+use emit::{Emitter, GradCtx};
 
 type GradFn = fn(&mut GradCtx) -> Result<Vec<Option<TensorName>>>;
 

@@ -2,8 +2,9 @@
 
 use psflow_proto::tensorflow::AttrValue;
 
-use super::emit::{type_attr, GradCtx};
+use super::emit::GradCtx;
 use crate::ir::TensorName;
+use crate::zoo::type_attr;
 use crate::Result;
 
 type Grads = Result<Vec<Option<TensorName>>>;

@@ -17,13 +17,13 @@
 //!   weight averages' updates;
 //! - the new variables' initializers added to `init`.
 
+use crate::zoo::type_attr;
 use psflow_kernels::{DType, Tensor};
 use psflow_proto::tensorflow::{AttrValue, TensorShapeProto};
 
 use super::loss;
 use super::optimizer::Optimizer;
 use crate::autodiff::gradients;
-use crate::dtype::dtype_to_proto;
 use crate::ir::{Graph, Input, Node, TensorName};
 use crate::tensor_proto::tensor_to_proto;
 use crate::{Error, Result};
@@ -86,10 +86,6 @@ pub struct TrainGraph {
     pub averages: Vec<(String, String)>,
     /// The weight averages' update nodes.
     pub average_updates: Vec<String>,
-}
-
-fn type_attr(d: DType) -> AttrValue {
-    AttrValue::from_type(dtype_to_proto(d))
 }
 
 pub(super) fn konst(name: &str, t: &Tensor) -> Node {

@@ -4,20 +4,16 @@
 //! nodes to a graph and returns the scalar tensor, named
 //! `cross_entropy_loss`, `regularization_loss` and `total_loss`.
 
+use crate::zoo::type_attr;
 use psflow_kernels::{DType, Tensor};
 use psflow_proto::tensorflow::AttrValue;
 
-use crate::dtype::dtype_to_proto;
 use crate::ir::{Graph, Node, TensorName};
 use crate::tensor_proto::tensor_to_proto;
 use crate::Result;
 
 /// TF-slim's MobileNet weight decay.
 pub const DEFAULT_WEIGHT_DECAY: f32 = 4e-5;
-
-fn type_attr(d: DType) -> AttrValue {
-    AttrValue::from_type(dtype_to_proto(d))
-}
 
 fn konst(name: &str, t: &Tensor) -> Node {
     Node::new(name, "Const")

@@ -689,11 +689,11 @@ impl Task {
             bytes.1 += n;
         }
         drop(calls);
-        // Where the step's time went, for `RUST_LOG=psflow_worker=debug`.
+        // Where the step's time went, for `PSFLOW_LOG=psflow_worker=debug`.
         tracing::debug!(
             step,
             batch_ms = ms(batch_ready),
-            pull_opened_ms = -ms(began.saturating_duration_since(pulls_began)),
+            pulls_opened_ahead_ms = ms(began.saturating_duration_since(pulls_began)),
             first_pull_ms = first_pulled
                 .get()
                 .map_or(f64::NAN, |t| ms(t.saturating_duration_since(began))),
