@@ -43,17 +43,31 @@ struct RunState {
 /// Values that arrived for this run's receives, not yet taken.
 #[derive(Default)]
 struct Arrivals {
-    queue: Mutex<Vec<(usize, Result<Tensor>)>>,
+    queue: Mutex<Queue>,
     cv: Condvar,
     /// Set when the queue may be non-empty: a cheap check between nodes.
     flag: AtomicBool,
 }
 
+#[derive(Default)]
+struct Queue {
+    items: Vec<(usize, Result<Tensor>)>,
+    /// The run's thread sleeps on the condition variable. Only then does an
+    /// arrival notify it: a pull delivers ~a hundred tensors a step, and a
+    /// notification is a system call even when nobody waits.
+    sleeping: bool,
+}
+
 impl Arrivals {
     fn push(&self, p: usize, r: Result<Tensor>) {
-        self.queue.lock().expect("arrivals lock").push((p, r));
+        let mut q = self.queue.lock().expect("arrivals lock");
+        q.items.push((p, r));
         self.flag.store(true, Ordering::Release);
-        self.cv.notify_all();
+        if q.sleeping {
+            q.sleeping = false;
+            drop(q);
+            self.cv.notify_all();
+        }
     }
 }
 
@@ -259,7 +273,7 @@ impl<'a> Run<'a> {
         if !self.arrivals.flag.swap(false, Ordering::AcqRel) {
             return vec![];
         }
-        let items = std::mem::take(&mut *self.arrivals.queue.lock().expect("arrivals lock"));
+        let items = std::mem::take(&mut self.arrivals.queue.lock().expect("arrivals lock").items);
         let mut ready = Vec::new();
         let mut st = self.state.lock().expect("run state lock");
         for (p, res) in items {
@@ -301,11 +315,13 @@ impl<'a> Run<'a> {
         let in_pool = rayon::current_thread_index().is_some();
         let mut q = self.arrivals.queue.lock().expect("arrivals lock");
         loop {
-            if !q.is_empty() {
+            if !q.items.is_empty() {
+                q.sleeping = false;
                 return Ok(());
             }
             let now = Instant::now();
             if now >= deadline {
+                q.sleeping = false;
                 let key = run_key(self.session, self.plan, oldest).expect("a receive");
                 return Err(Error::RecvTimeout {
                     key: key.to_string(),
@@ -321,6 +337,7 @@ impl<'a> Run<'a> {
                 }
                 q = self.arrivals.queue.lock().expect("arrivals lock");
             } else {
+                q.sleeping = true;
                 q = self
                     .arrivals
                     .cv
