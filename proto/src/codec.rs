@@ -16,8 +16,12 @@ use tonic_prost::{ProstDecoder, ProstEncoder};
 /// chunk plus its message's headers.
 pub const BUFFER_BYTES: usize = (1 << 20) + (64 << 10);
 
-/// Encoded bytes after which a batch of messages is sent.
-pub const YIELD_BYTES: usize = 1 << 20;
+/// Encoded bytes after which what was encoded goes to HTTP/2: one byte, so
+/// every message leaves as soon as it is encoded. With a larger threshold
+/// tonic keeps encoding the messages of a ready stream until it has that
+/// many bytes: a pull's first 32 KiB message (the first layer's weights)
+/// would wait for the megabytes behind it to be encoded too.
+pub const YIELD_BYTES: usize = 1;
 
 fn settings() -> BufferSettings {
     BufferSettings::new(BUFFER_BYTES, YIELD_BYTES)

@@ -15,7 +15,7 @@ use crate::limits::{
     Limits, CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, STREAM_WINDOW_BYTES,
 };
 use crate::shard::PushReply;
-use crate::wire::{pack, Assembler};
+use crate::wire::{pack, Assembler, Start};
 use crate::{Error, Result};
 
 /// Values pulled from a shard.
@@ -121,6 +121,7 @@ impl PsClient {
             values
                 .iter()
                 .map(|(n, t)| (n.as_str(), TensorRole::Gradient, t)),
+            Start::Full,
         );
         let requests = with_header(messages, header, |header, chunks| pb::InitRequest {
             header,
@@ -203,9 +204,8 @@ impl PsClient {
             base_version,
             partial,
         };
-        let requests = with_header(pack(tensors), header, |header, chunks| pb::PushRequest {
-            header,
-            chunks,
+        let requests = with_header(pack(tensors, Start::Full), header, |header, chunks| {
+            pb::PushRequest { header, chunks }
         });
         let r = self
             .inner
@@ -248,6 +248,7 @@ impl PsClient {
                 batch
                     .iter()
                     .map(|(name, role, t)| (name.as_str(), *role, t)),
+                Start::Full,
             );
             futures::stream::iter(
                 messages

@@ -31,7 +31,7 @@ use crate::limits::{
     STREAM_WINDOW_BYTES,
 };
 use crate::shard::{Push, Shard};
-use crate::wire::{pack, Assembler, Received};
+use crate::wire::{pack, Assembler, Received, Start};
 use crate::{Error, Result};
 
 /// What waiting pulls watch: which Init is current, and its version.
@@ -260,6 +260,7 @@ impl ParameterServer for PsService {
             values
                 .iter()
                 .map(|(n, t)| (n.as_str(), pb::TensorRole::Gradient, t)),
+            Start::Growing,
         )
         .into_iter()
         .map(|chunks| Ok(pb::PullResponse { version, chunks }))

@@ -84,17 +84,32 @@ pub fn tensor_bytes(t: &Tensor) -> Bytes {
     }
 }
 
+/// How the first messages of a stream are sized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Every message holds about [`MESSAGE_DATA_BYTES`]: pushes and Init,
+    /// which the receiver applies only once the stream has ended.
+    Full,
+    /// The first message closes at [`FIRST_MESSAGE_DATA_BYTES`], each next
+    /// one at twice the last: pulls, whose first tensors a step waits for.
+    Growing,
+}
+
 /// Cuts tensors into chunks of at most [`CHUNK_BYTES`] and packs them into
-/// messages growing from [`FIRST_MESSAGE_DATA_BYTES`] to about
-/// [`MESSAGE_DATA_BYTES`] (each inner vector is one message). Data are
-/// shared with the tensors, not copied.
+/// messages of about [`MESSAGE_DATA_BYTES`], the first ones smaller when
+/// `start` is [`Start::Growing`] (each inner vector is one message). Data
+/// are shared with the tensors, not copied.
 pub fn pack<'a>(
     tensors: impl IntoIterator<Item = (&'a str, TensorRole, &'a Tensor)>,
+    start: Start,
 ) -> Vec<Vec<TensorChunk>> {
     let mut messages = Vec::new();
     let mut current: Vec<TensorChunk> = Vec::new();
     let mut size = 0usize;
-    let mut budget = FIRST_MESSAGE_DATA_BYTES;
+    let mut budget = match start {
+        Start::Full => MESSAGE_DATA_BYTES,
+        Start::Growing => FIRST_MESSAGE_DATA_BYTES,
+    };
     for (name, role, t) in tensors {
         let bytes = tensor_bytes(t);
         let total = bytes.len();
@@ -439,7 +454,10 @@ mod tests {
             ("bool", Tensor::new(vec![2], vec![true, false]).unwrap()),
             ("empty", Tensor::new(vec![0, 4], Vec::<f32>::new()).unwrap()),
         ];
-        let messages = pack(tensors.iter().map(|(n, t)| (*n, TensorRole::Gradient, t)));
+        let messages = pack(
+            tensors.iter().map(|(n, t)| (*n, TensorRole::Gradient, t)),
+            Start::Full,
+        );
         // Two full chunks of the big tensor, each a message; its 12-byte
         // tail shares the last message with the small tensors.
         assert_eq!(messages.len(), 3);
@@ -457,15 +475,32 @@ mod tests {
     }
 
     #[test]
-    fn messages_start_small_and_grow_to_the_full_size() {
+    fn growing_messages_start_small_and_grow_to_the_full_size() {
         // 200 tensors of 16 KiB: 3.2 MB in all.
         let t = Tensor::new(vec![4096], vec![1f32; 4096]).unwrap();
         let names: Vec<String> = (0..200).map(|i| format!("layer_{i}")).collect();
-        let messages = pack(names.iter().map(|n| (n.as_str(), TensorRole::Gradient, &t)));
-        let data: Vec<usize> = messages
+        let sizes = |start| -> Vec<usize> {
+            pack(
+                names.iter().map(|n| (n.as_str(), TensorRole::Gradient, &t)),
+                start,
+            )
             .iter()
             .map(|m| m.iter().map(|c| c.data.len()).sum())
-            .collect();
+            .collect()
+        };
+        // Full messages from the first one on.
+        let full = sizes(Start::Full);
+        assert!(
+            full[..full.len() - 1]
+                .iter()
+                .all(|&d| d > MESSAGE_DATA_BYTES / 2 && d <= MESSAGE_DATA_BYTES),
+            "{full:?}"
+        );
+        let messages = pack(
+            names.iter().map(|n| (n.as_str(), TensorRole::Gradient, &t)),
+            Start::Growing,
+        );
+        let data = sizes(Start::Growing);
         assert!(data[0] <= FIRST_MESSAGE_DATA_BYTES, "{data:?}");
         assert!(data[1] > data[0] && data[2] > data[1], "{data:?}");
         assert!(data.iter().all(|&d| d <= MESSAGE_DATA_BYTES), "{data:?}");
@@ -490,7 +525,8 @@ mod tests {
             max_tensor_bytes: 1000,
             max_request_bytes: 10_000,
         };
-        let e = reassemble(pack([("w", TensorRole::Gradient, &t)]), small).unwrap_err();
+        let e =
+            reassemble(pack([("w", TensorRole::Gradient, &t)], Start::Full), small).unwrap_err();
         assert!(matches!(e, Error::TooLarge { .. }), "{e}");
         assert!(e.to_string().contains("`w`") && e.to_string().contains("max_tensor_bytes"));
 
@@ -500,7 +536,10 @@ mod tests {
             max_request_bytes: 10_000,
         };
         let e = reassemble(
-            pack(many.iter().map(|t| ("w", TensorRole::Gradient, t))),
+            pack(
+                many.iter().map(|t| ("w", TensorRole::Gradient, t)),
+                Start::Full,
+            ),
             limits,
         )
         .unwrap_err();
@@ -508,7 +547,7 @@ mod tests {
 
         // A chunk missing, a stream cut short, a bad total.
         let big = Tensor::new(vec![CHUNK_BYTES / 2], vec![0f32; CHUNK_BYTES / 2]).unwrap();
-        let mut chunks: Vec<_> = pack([("b", TensorRole::Gradient, &big)])
+        let mut chunks: Vec<_> = pack([("b", TensorRole::Gradient, &big)], Start::Full)
             .into_iter()
             .flatten()
             .collect();
@@ -523,7 +562,9 @@ mod tests {
             .add(chunks[0].clone())
             .is_err());
 
-        let mut bad = pack([("f", TensorRole::Gradient, &t)]).remove(0).remove(0);
+        let mut bad = pack([("f", TensorRole::Gradient, &t)], Start::Full)
+            .remove(0)
+            .remove(0);
         bad.dtype = DataType::DtString as i32;
         let e = Assembler::new(Limits::default()).add(bad).unwrap_err();
         assert!(e.to_string().contains("DT_STRING"), "{e}");

@@ -192,8 +192,11 @@ impl Worker for WorkerService {
             ms => std::time::Duration::from_millis(ms),
         };
         let value = self.graphs.recv(request.step_id, &key, wait).await?;
-        let messages =
-            psflow_ps::wire::pack([(key.tensor_name.as_str(), TensorRole::Gradient, &value)]);
+        // One tensor, used only once whole: full-size messages.
+        let messages = psflow_ps::wire::pack(
+            [(key.tensor_name.as_str(), TensorRole::Gradient, &value)],
+            psflow_ps::wire::Start::Full,
+        );
         let stream = futures::stream::iter(
             messages
                 .into_iter()
