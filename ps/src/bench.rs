@@ -16,7 +16,9 @@ use crate::{Error, Mode, PsClient, PsService, Result, ShardConfig, TensorRole};
 /// Bytes per parameter tensor in the benchmark (a large MobileNet layer).
 pub const TENSOR_BYTES: usize = 4 << 20;
 
-/// Medians over the timed repeats; MB is 10⁶ bytes.
+/// Medians over the timed rounds; MB is 10⁶ bytes. Each round moves the
+/// bytes through the PS and then over raw TCP, so that both sides of a
+/// round's ratio see the same moment of a shared machine.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TransferReport {
     /// Parameter bytes moved each way.
@@ -31,12 +33,16 @@ pub struct TransferReport {
     pub ps_mbps: f64,
     /// The same bytes one way then back over a plain TCP connection.
     pub tcp_mbps: f64,
-    /// `ps_mbps / tcp_mbps`.
+    /// The median over the rounds of each round's PS / TCP rate.
     pub ratio: f64,
+    /// The lowest and highest round's ratio.
+    pub ratio_range: (f64, f64),
+    /// Each timed round: PS push, PS pull and raw TCP there and back.
+    pub rounds: Vec<[Duration; 3]>,
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
+fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> T {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
     v[v.len() / 2]
 }
 
@@ -45,7 +51,9 @@ fn mbps(bytes: u64, t: Duration) -> f64 {
 }
 
 /// Runs the benchmark with `mib` MiB of parameters (in tensors of
-/// [`TENSOR_BYTES`]), one warm-up and `repeats` timed rounds.
+/// [`TENSOR_BYTES`]), one warm-up and `repeats` timed rounds, each round a
+/// push and a pull through the PS followed by the same bytes there and
+/// back over raw TCP.
 pub async fn transfer(mib: usize, repeats: usize) -> Result<TransferReport> {
     let bytes = mib.max(1) << 20;
     let repeats = repeats.max(1);
@@ -78,8 +86,9 @@ pub async fn transfer(mib: usize, repeats: usize) -> Result<TransferReport> {
         .iter()
         .map(|(n, t)| (n.as_str(), TensorRole::Gradient, t))
         .collect();
+    let mut tcp = TcpEcho::start(total as usize, repeats + 1).await?;
 
-    let (mut push_t, mut pull_t, mut both_t) = (vec![], vec![], vec![]);
+    let (mut push_t, mut pull_t, mut both_t, mut tcp_t) = (vec![], vec![], vec![], vec![]);
     for round in 0..=repeats {
         let t0 = Instant::now();
         let r = client.push(0, round as u64, false, grads.clone()).await?;
@@ -93,66 +102,99 @@ pub async fn transfer(mib: usize, repeats: usize) -> Result<TransferReport> {
                 tensors.len()
             )));
         }
+        drop(pulled);
+        let raw = tcp.round().await?;
         if round > 0 {
             push_t.push(t1 - t0);
             pull_t.push(t2 - t1);
             both_t.push(t2 - t0);
+            tcp_t.push(raw);
         }
     }
     let _ = stop.send(());
     let _ = server.await;
+    tcp.finish().await?;
 
-    let tcp = tcp_round_trips(total as usize, repeats).await?;
-    let (push, pull, both) = (median(push_t), median(pull_t), median(both_t));
-    let ps_mbps = mbps(2 * total, both);
-    let tcp_mbps = mbps(2 * total, tcp);
+    // A round's ratio is the TCP time over the PS time (same bytes).
+    let ratios: Vec<f64> = both_t
+        .iter()
+        .zip(&tcp_t)
+        .map(|(ps, raw)| raw.as_secs_f64() / ps.as_secs_f64())
+        .collect();
+    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = ratios.iter().copied().fold(0.0, f64::max);
     Ok(TransferReport {
         bytes: total,
         tensors: tensors.len(),
         repeats,
-        push_mbps: mbps(total, push),
-        pull_mbps: mbps(total, pull),
-        ps_mbps,
-        tcp_mbps,
-        ratio: ps_mbps / tcp_mbps,
+        push_mbps: mbps(total, median(push_t.clone())),
+        pull_mbps: mbps(total, median(pull_t.clone())),
+        ps_mbps: mbps(2 * total, median(both_t)),
+        tcp_mbps: mbps(2 * total, median(tcp_t.clone())),
+        ratio: median(ratios),
+        ratio_range: (lo, hi),
+        rounds: push_t
+            .iter()
+            .zip(&pull_t)
+            .zip(&tcp_t)
+            .map(|((&a, &b), &c)| [a, b, c])
+            .collect(),
     })
 }
 
-/// Median time to send `bytes` to a loopback peer and receive them back
-/// (as push then pull), over one plain TCP connection.
-async fn tcp_round_trips(bytes: usize, repeats: usize) -> Result<Duration> {
-    let io = |e: std::io::Error| Error::Invalid(format!("raw TCP loopback transfer: {e}"));
-    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(io)?;
-    let addr = listener.local_addr().map_err(io)?;
-    // The peer echoes each round: reads `bytes`, then writes them back.
-    let peer = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await?;
-        s.set_nodelay(true)?;
-        let mut buf = vec![0u8; bytes];
-        for _ in 0..=repeats {
-            s.read_exact(&mut buf).await?;
-            s.write_all(&buf).await?;
-        }
-        Ok::<_, std::io::Error>(())
-    });
-    let mut s = TcpStream::connect(addr).await.map_err(io)?;
-    s.set_nodelay(true).map_err(io)?;
-    let out = vec![1u8; bytes];
-    let mut back = vec![0u8; bytes];
-    let mut times = Vec::new();
-    for round in 0..=repeats {
+fn tcp_error(e: std::io::Error) -> Error {
+    Error::Invalid(format!("raw TCP loopback transfer: {e}"))
+}
+
+/// A plain TCP connection to a loopback peer that echoes `bytes` back,
+/// `rounds` times.
+struct TcpEcho {
+    stream: TcpStream,
+    peer: tokio::task::JoinHandle<std::io::Result<()>>,
+    out: Vec<u8>,
+    back: Vec<u8>,
+}
+
+impl TcpEcho {
+    async fn start(bytes: usize, rounds: usize) -> Result<TcpEcho> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.map_err(tcp_error)?;
+        let addr = listener.local_addr().map_err(tcp_error)?;
+        // The peer echoes each round: reads `bytes`, then writes them back.
+        let peer = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await?;
+            s.set_nodelay(true)?;
+            let mut buf = vec![0u8; bytes];
+            for _ in 0..rounds {
+                s.read_exact(&mut buf).await?;
+                s.write_all(&buf).await?;
+            }
+            Ok(())
+        });
+        let stream = TcpStream::connect(addr).await.map_err(tcp_error)?;
+        stream.set_nodelay(true).map_err(tcp_error)?;
+        Ok(TcpEcho {
+            stream,
+            peer,
+            out: vec![1u8; bytes],
+            back: vec![0u8; bytes],
+        })
+    }
+
+    /// Time to send the bytes and receive them back (as push then pull).
+    async fn round(&mut self) -> Result<Duration> {
         let t0 = Instant::now();
         // Write and read concurrently so neither side's buffers fill up.
-        let (mut r, mut w) = s.split();
-        let (a, b) = tokio::join!(w.write_all(&out), r.read_exact(&mut back));
-        a.map_err(io)?;
-        b.map_err(io)?;
-        if round > 0 {
-            times.push(t0.elapsed());
-        }
+        let (mut r, mut w) = self.stream.split();
+        let (a, b) = tokio::join!(w.write_all(&self.out), r.read_exact(&mut self.back));
+        a.map_err(tcp_error)?;
+        b.map_err(tcp_error)?;
+        Ok(t0.elapsed())
     }
-    peer.await
-        .map_err(|e| Error::Invalid(format!("raw TCP peer: {e}")))?
-        .map_err(io)?;
-    Ok(median(times))
+
+    async fn finish(self) -> Result<()> {
+        self.peer
+            .await
+            .map_err(|e| Error::Invalid(format!("raw TCP peer: {e}")))?
+            .map_err(tcp_error)
+    }
 }
