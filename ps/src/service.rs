@@ -114,13 +114,21 @@ impl PsService {
 
     /// Runs `f` on the job's shard on the blocking pool (it may apply the
     /// optimizer to every variable).
+    ///
+    /// The lock is taken on the blocking thread and `f` then runs on a
+    /// kernel-pool thread, so the kernels' parallel loops start inside the
+    /// pool: called from outside it, each of a step's ~140 updates would be
+    /// handed to the pool and waited for on its own (two context switches
+    /// each). No pool thread ever waits for the lock, so a pool thread that
+    /// holds it cannot, while it joins its loops, pick up work that waits
+    /// for it.
     async fn blocking<T: Send + 'static>(
         &self,
         job: String,
         f: impl FnOnce(&mut Shard) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.with_shard(&job, f))
+        tokio::task::spawn_blocking(move || inner.with_shard(&job, |s| rayon::scope(|_| f(s))))
             .await
             .map_err(|e| Error::Invalid(format!("the shard task failed: {e}")))?
     }

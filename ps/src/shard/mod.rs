@@ -17,9 +17,10 @@ use psflow_proto::ps::{PushOutcome, TensorRole};
 use crate::config::{Mode, ShardConfig};
 use crate::wire::Received;
 use crate::{Error, Result};
-use aggregate::Step;
+use aggregate::{Acc, Step};
 use optim::AdamPowers;
 use psflow_graph::train::ema;
+use rayon::prelude::*;
 
 /// One variable and its optimizer slots (none for non-float32 variables,
 /// which can be assigned but not trained).
@@ -366,9 +367,7 @@ impl Shard {
         }
         let step = self.step.take().expect("checked above");
         let lr = self.config.schedule.at(step.step);
-        for (name, acc) in step.grads {
-            self.apply_gradient(&name, &acc.into_mean(), lr)?;
-        }
+        self.apply_gradients(step.grads, lr)?;
         for (name, acc) in step.assigns {
             let var = self.vars.get_mut(&name).expect("checked on push");
             let shape = var.value.shape().to_vec();
@@ -395,6 +394,37 @@ impl Shard {
         Ok(self.reply(PushOutcome::Applied, String::new()))
     }
 
+    /// Applies the step's averaged gradients, the variables in parallel
+    /// (each one's update is itself split over the kernel threads when it
+    /// is large): most of a model's ~140 variables are too small to split.
+    fn apply_gradients(&mut self, grads: BTreeMap<String, Acc>, lr: f32) -> Result<()> {
+        let (optimizer, adam) = (self.config.optimizer, self.adam);
+        // Both maps are sorted by name; every pushed name is a variable.
+        let mut vars = self.vars.iter_mut();
+        let work: Vec<(&String, &mut Variable, Acc)> = grads
+            .into_iter()
+            .map(|(name, acc)| {
+                let (n, v) = vars
+                    .by_ref()
+                    .find(|(n, _)| **n == name)
+                    .expect("checked on push");
+                (n, v, acc)
+            })
+            .collect();
+        work.into_par_iter().try_for_each(|(name, var, acc)| {
+            var.trained = true;
+            optim::apply(
+                &optimizer,
+                name,
+                &mut var.value,
+                &mut var.slots,
+                &acc.into_mean(),
+                lr,
+                adam,
+            )
+        })
+    }
+
     fn apply_gradient(&mut self, name: &str, grad: &[f32], lr: f32) -> Result<()> {
         let var = self.vars.get_mut(name).expect("checked on push");
         var.trained = true;
@@ -419,14 +449,16 @@ impl Shard {
             // As the single-process graph: after the step's updates, with
             // the new global step as num_updates.
             let rate = 1.0 - ema::decay_at(decay, self.version);
-            for v in self.vars.values_mut().filter(|v| v.trained) {
+            let trained: Vec<&mut Variable> =
+                self.vars.values_mut().filter(|v| v.trained).collect();
+            trained.into_par_iter().for_each(|v| {
                 let (Some(avg), Ok(x)) = (v.average.as_mut(), v.value.f32s("ps average")) else {
-                    continue;
+                    return;
                 };
                 for (s, x) in avg.iter_mut().zip(x) {
                     *s -= (*s - x) * rate;
                 }
-            }
+            });
         }
     }
 }
