@@ -88,7 +88,8 @@ pub async fn transfer(mib: usize, repeats: usize) -> Result<TransferReport> {
         .collect();
     let mut tcp = TcpEcho::start(total as usize, repeats + 1).await?;
 
-    let (mut push_t, mut pull_t, mut both_t, mut tcp_t) = (vec![], vec![], vec![], vec![]);
+    // Each timed round: PS push, PS pull, raw TCP there and back.
+    let mut rounds: Vec<[Duration; 3]> = Vec::with_capacity(repeats);
     for round in 0..=repeats {
         let t0 = Instant::now();
         let r = client.push(0, round as u64, false, grads.clone()).await?;
@@ -105,21 +106,18 @@ pub async fn transfer(mib: usize, repeats: usize) -> Result<TransferReport> {
         drop(pulled);
         let raw = tcp.round().await?;
         if round > 0 {
-            push_t.push(t1 - t0);
-            pull_t.push(t2 - t1);
-            both_t.push(t2 - t0);
-            tcp_t.push(raw);
+            rounds.push([t1 - t0, t2 - t1, raw]);
         }
     }
     let _ = stop.send(());
     let _ = server.await;
     tcp.finish().await?;
 
+    let of = |f: fn(&[Duration; 3]) -> Duration| median(rounds.iter().map(f).collect());
     // A round's ratio is the TCP time over the PS time (same bytes).
-    let ratios: Vec<f64> = both_t
+    let ratios: Vec<f64> = rounds
         .iter()
-        .zip(&tcp_t)
-        .map(|(ps, raw)| raw.as_secs_f64() / ps.as_secs_f64())
+        .map(|[push, pull, raw]| raw.as_secs_f64() / (*push + *pull).as_secs_f64())
         .collect();
     let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = ratios.iter().copied().fold(0.0, f64::max);
@@ -127,18 +125,13 @@ pub async fn transfer(mib: usize, repeats: usize) -> Result<TransferReport> {
         bytes: total,
         tensors: tensors.len(),
         repeats,
-        push_mbps: mbps(total, median(push_t.clone())),
-        pull_mbps: mbps(total, median(pull_t.clone())),
-        ps_mbps: mbps(2 * total, median(both_t)),
-        tcp_mbps: mbps(2 * total, median(tcp_t.clone())),
+        push_mbps: mbps(total, of(|r| r[0])),
+        pull_mbps: mbps(total, of(|r| r[1])),
+        ps_mbps: mbps(2 * total, of(|r| r[0] + r[1])),
+        tcp_mbps: mbps(2 * total, of(|r| r[2])),
         ratio: median(ratios),
         ratio_range: (lo, hi),
-        rounds: push_t
-            .iter()
-            .zip(&pull_t)
-            .zip(&tcp_t)
-            .map(|((&a, &b), &c)| [a, b, c])
-            .collect(),
+        rounds,
     })
 }
 
@@ -196,5 +189,23 @@ impl TcpEcho {
             .await
             .map_err(|e| Error::Invalid(format!("raw TCP peer: {e}")))?
             .map_err(tcp_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_round_goes_through_the_ps_and_over_tcp() {
+        let r = transfer(6, 3).await.unwrap();
+        assert_eq!(r.bytes, 6 << 20);
+        // 4 MiB tensors: one full, one of 2 MiB.
+        assert_eq!(r.tensors, 2);
+        assert_eq!(r.rounds.len(), 3);
+        assert!(r.rounds.iter().flatten().all(|t| *t > Duration::ZERO));
+        let (lo, hi) = r.ratio_range;
+        assert!(lo > 0.0 && lo <= r.ratio && r.ratio <= hi, "{r:?}");
+        assert!(r.ps_mbps > 0.0 && r.tcp_mbps > 0.0, "{r:?}");
     }
 }

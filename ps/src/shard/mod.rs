@@ -20,6 +20,7 @@ use crate::{Error, Result};
 use aggregate::{Acc, Step};
 use optim::AdamPowers;
 use psflow_graph::train::ema;
+use psflow_graph::train::optimizer::Optimizer;
 use rayon::prelude::*;
 
 /// One variable and its optimizer slots (none for non-float32 variables,
@@ -33,6 +34,29 @@ struct Variable {
     /// Whether gradients were applied to it (only trained variables'
     /// averages are updated).
     trained: bool,
+}
+
+impl Variable {
+    /// Applies `grad` with `optimizer` at learning rate `lr`.
+    fn update(
+        &mut self,
+        optimizer: &Optimizer,
+        name: &str,
+        grad: &[f32],
+        lr: f32,
+        adam: Option<AdamPowers>,
+    ) -> Result<()> {
+        self.trained = true;
+        optim::apply(
+            optimizer,
+            name,
+            &mut self.value,
+            &mut self.slots,
+            grad,
+            lr,
+            adam,
+        )
+    }
 }
 
 /// One worker's gradients and assigned values for one step.
@@ -412,31 +436,13 @@ impl Shard {
             })
             .collect();
         work.into_par_iter().try_for_each(|(name, var, acc)| {
-            var.trained = true;
-            optim::apply(
-                &optimizer,
-                name,
-                &mut var.value,
-                &mut var.slots,
-                &acc.into_mean(),
-                lr,
-                adam,
-            )
+            var.update(&optimizer, name, &acc.into_mean(), lr, adam)
         })
     }
 
     fn apply_gradient(&mut self, name: &str, grad: &[f32], lr: f32) -> Result<()> {
         let var = self.vars.get_mut(name).expect("checked on push");
-        var.trained = true;
-        optim::apply(
-            &self.config.optimizer,
-            name,
-            &mut var.value,
-            &mut var.slots,
-            grad,
-            lr,
-            self.adam,
-        )
+        var.update(&self.config.optimizer, name, grad, lr, self.adam)
     }
 
     fn finish_step(&mut self) {
