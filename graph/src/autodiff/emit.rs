@@ -2,13 +2,13 @@
 //! constants, shapes (constant when static, a `Shape` op when not), and the
 //! per-node context that each op's gradient function receives.
 
-use crate::zoo::type_attr;
 use psflow_kernels::{DType, Tensor};
 use psflow_proto::tensorflow::AttrValue;
 
 use crate::ir::{Graph, Node, TensorName};
 use crate::registry::TensorInfo;
 use crate::tensor_proto::tensor_to_proto;
+use crate::zoo::type_attr;
 use crate::{Error, Result};
 
 /// Adds nodes to the graph under a name scope, making names unique the

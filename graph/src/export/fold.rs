@@ -27,9 +27,9 @@ use std::collections::{HashMap, HashSet};
 
 use psflow_kernels::{DType, Tensor};
 
-use super::freeze::const_node;
 use crate::ir::{Graph, Input, Node, TensorName};
 use crate::tensor_proto::tensor_from_proto;
+use crate::zoo::const_node;
 use crate::zoo::type_attr;
 use crate::{AttrValue, Result};
 

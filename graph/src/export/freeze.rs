@@ -12,9 +12,8 @@ use psflow_kernels::Tensor;
 
 use crate::ir::{Graph, Input, Node, TensorName};
 use crate::registry::variable_key;
-use crate::tensor_proto::tensor_to_proto;
-use crate::zoo::type_attr;
-use crate::{AttrValue, Error, Result};
+use crate::zoo::const_node;
+use crate::{Error, Result};
 
 /// A frozen graph and what became of its variables.
 #[derive(Debug, Clone)]
@@ -209,11 +208,4 @@ fn constant_for(handle: &Node, value: &dyn Fn(&str) -> Option<Tensor>) -> Result
         });
     }
     Ok(const_node(&handle.name, &t))
-}
-
-/// A `Const` node with TensorFlow's attrs (`dtype`, `value`).
-pub(crate) fn const_node(name: &str, t: &Tensor) -> Node {
-    Node::new(name, "Const")
-        .attr("dtype", type_attr(t.dtype()))
-        .attr("value", AttrValue::from_tensor(tensor_to_proto(t)))
 }

@@ -17,7 +17,6 @@
 //!   weight averages' updates;
 //! - the new variables' initializers added to `init`.
 
-use crate::zoo::type_attr;
 use psflow_kernels::{DType, Tensor};
 use psflow_proto::tensorflow::{AttrValue, TensorShapeProto};
 
@@ -25,7 +24,7 @@ use super::loss;
 use super::optimizer::Optimizer;
 use crate::autodiff::gradients;
 use crate::ir::{Graph, Input, Node, TensorName};
-use crate::tensor_proto::tensor_to_proto;
+use crate::zoo::{const_node, type_attr};
 use crate::{Error, Result};
 
 /// A variable the optimizer trains, as the model zoo describes it.
@@ -86,12 +85,6 @@ pub struct TrainGraph {
     pub averages: Vec<(String, String)>,
     /// The weight averages' update nodes.
     pub average_updates: Vec<String>,
-}
-
-pub(super) fn konst(name: &str, t: &Tensor) -> Node {
-    Node::new(name, "Const")
-        .attr("dtype", type_attr(t.dtype()))
-        .attr("value", AttrValue::from_tensor(tensor_to_proto(t)))
 }
 
 /// The existing read of variable `v` (`v/Read/ReadVariableOp` by
@@ -264,7 +257,7 @@ pub fn build_training_graph(
                 .attr("shared_name", AttrValue::from_s(gs))
                 .attr("container", AttrValue::from_s("")),
         )?;
-        graph.add(konst(
+        graph.add(const_node(
             "global_step/Initializer/zeros",
             &Tensor::scalar(0i64),
         ))?;
@@ -277,7 +270,10 @@ pub fn build_training_graph(
         new_variables.push(gs.to_string());
         init_assigns.push("global_step/Assign".to_string());
     }
-    graph.add(konst("global_step/AssignAdd/value", &Tensor::scalar(1i64)))?;
+    graph.add(const_node(
+        "global_step/AssignAdd/value",
+        &Tensor::scalar(1i64),
+    ))?;
     let mut inc = Node::new("global_step/AssignAdd", "AssignAddVariableOp")
         .input(gs)
         .input("global_step/AssignAdd/value")

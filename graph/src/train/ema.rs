@@ -25,8 +25,8 @@
 use psflow_kernels::{DType, Tensor};
 use psflow_proto::tensorflow::{AttrValue, TensorShapeProto};
 
-use super::builder::konst;
 use crate::ir::{Graph, Node, TensorName};
+use crate::zoo::const_node;
 use crate::zoo::type_attr;
 use crate::{Error, Result};
 
@@ -97,7 +97,7 @@ pub fn has_averages(tensors: &[(String, Tensor)]) -> bool {
 }
 
 fn add_const(graph: &mut Graph, name: &str, t: &Tensor) -> Result<TensorName> {
-    graph.add(konst(name, t))?;
+    graph.add(const_node(name, t))?;
     Ok(TensorName::new(name, 0))
 }
 

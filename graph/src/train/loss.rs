@@ -4,22 +4,15 @@
 //! nodes to a graph and returns the scalar tensor, named
 //! `cross_entropy_loss`, `regularization_loss` and `total_loss`.
 
-use crate::zoo::type_attr;
 use psflow_kernels::{DType, Tensor};
 use psflow_proto::tensorflow::AttrValue;
 
 use crate::ir::{Graph, Node, TensorName};
-use crate::tensor_proto::tensor_to_proto;
+use crate::zoo::{const_node, type_attr};
 use crate::Result;
 
 /// TF-slim's MobileNet weight decay.
 pub const DEFAULT_WEIGHT_DECAY: f32 = 4e-5;
-
-fn konst(name: &str, t: &Tensor) -> Node {
-    Node::new(name, "Const")
-        .attr("dtype", type_attr(t.dtype()))
-        .attr("value", AttrValue::from_tensor(tensor_to_proto(t)))
-}
 
 fn f32_op(name: &str, op: &str, inputs: &[&TensorName]) -> Node {
     let mut n = Node::new(name, op).attr("T", type_attr(DType::F32));
@@ -70,7 +63,7 @@ pub fn cross_entropy_loss(
     let xent = add(graph, xent)?;
     let axes = add(
         graph,
-        konst(
+        const_node(
             "cross_entropy_loss/reduction_indices",
             &Tensor::new(vec![1], vec![0i32]).expect("one element"),
         ),
@@ -93,11 +86,11 @@ pub fn regularization_loss(
 ) -> Result<TensorName> {
     let name = "regularization_loss";
     if weights.is_empty() {
-        return add(graph, konst(name, &Tensor::scalar(0f32)));
+        return add(graph, const_node(name, &Tensor::scalar(0f32)));
     }
     let scale = add(
         graph,
-        konst(&format!("{name}/scale"), &Tensor::scalar(lambda)),
+        const_node(&format!("{name}/scale"), &Tensor::scalar(lambda)),
     )?;
     let mut terms = vec![];
     for (i, w) in weights.iter().enumerate() {

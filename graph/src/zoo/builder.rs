@@ -419,3 +419,10 @@ impl GraphBuilder {
 pub fn type_attr(d: DType) -> AttrValue {
     AttrValue::from_type(dtype_to_proto(d))
 }
+
+/// A `Const` node holding `t`, with TensorFlow's attrs (`dtype`, `value`).
+pub fn const_node(name: &str, t: &Tensor) -> Node {
+    Node::new(name, "Const")
+        .attr("dtype", type_attr(t.dtype()))
+        .attr("value", AttrValue::from_tensor(tensor_to_proto(t)))
+}

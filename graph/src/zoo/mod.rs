@@ -28,7 +28,7 @@ mod resnet;
 use std::fmt;
 use std::str::FromStr;
 
-pub use builder::{type_attr, GraphBuilder, Init, VarKind, Variable};
+pub use builder::{const_node, type_attr, GraphBuilder, Init, VarKind, Variable};
 pub use layers::BatchNorm;
 pub use mobilenet::{mobilenet_v1, ConvKind, MobileNetConfig};
 pub use resnet::{resnet_v1, ResNetConfig, ResNetDepth};

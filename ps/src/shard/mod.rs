@@ -421,19 +421,13 @@ impl Shard {
     /// Applies the step's averaged gradients, the variables in parallel
     /// (each one's update is itself split over the kernel threads when it
     /// is large): most of a model's ~140 variables are too small to split.
-    fn apply_gradients(&mut self, grads: BTreeMap<String, Acc>, lr: f32) -> Result<()> {
+    fn apply_gradients(&mut self, mut grads: BTreeMap<String, Acc>, lr: f32) -> Result<()> {
         let (optimizer, adam) = (self.config.optimizer, self.adam);
-        // Both maps are sorted by name; every pushed name is a variable.
-        let mut vars = self.vars.iter_mut();
-        let work: Vec<(&String, &mut Variable, Acc)> = grads
-            .into_iter()
-            .map(|(name, acc)| {
-                let (n, v) = vars
-                    .by_ref()
-                    .find(|(n, _)| **n == name)
-                    .expect("checked on push");
-                (n, v, acc)
-            })
+        // Every pushed name is a variable (checked on push).
+        let work: Vec<(&String, &mut Variable, Acc)> = self
+            .vars
+            .iter_mut()
+            .filter_map(|(name, var)| grads.remove(name).map(|acc| (name, var, acc)))
             .collect();
         work.into_par_iter().try_for_each(|(name, var, acc)| {
             var.update(&optimizer, name, &acc.into_mean(), lr, adam)
@@ -455,9 +449,8 @@ impl Shard {
             // As the single-process graph: after the step's updates, with
             // the new global step as num_updates.
             let rate = 1.0 - ema::decay_at(decay, self.version);
-            let trained: Vec<&mut Variable> =
-                self.vars.values_mut().filter(|v| v.trained).collect();
-            trained.into_par_iter().for_each(|v| {
+            let trained = self.vars.par_iter_mut().filter(|(_, v)| v.trained);
+            trained.for_each(|(_, v)| {
                 let (Some(avg), Ok(x)) = (v.average.as_mut(), v.value.f32s("ps average")) else {
                     return;
                 };
