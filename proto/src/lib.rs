@@ -42,5 +42,6 @@ pub mod coordinator {
 
 pub mod codec;
 pub mod ext;
+pub mod net;
 
 pub use prost::Message;

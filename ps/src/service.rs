@@ -21,7 +21,6 @@ use psflow_proto::ps as pb;
 use psflow_proto::ps::parameter_server_server::{ParameterServer, ParameterServerServer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -404,10 +403,9 @@ pub async fn serve_with(
     Server::builder()
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-        .tcp_nodelay(true)
         .max_frame_size(MAX_FRAME_BYTES)
         .add_service(health)
         .add_service(service.into_server())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(psflow_proto::net::incoming(listener), shutdown)
         .await
 }

@@ -9,7 +9,6 @@ use psflow_proto::coordinator as pb;
 use psflow_proto::coordinator::coordinator_server::{Coordinator, CoordinatorServer};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast::error::RecvError;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
@@ -212,9 +211,8 @@ pub async fn serve(
         tracing::info!(%addr, "coordinator listening");
     }
     Server::builder()
-        .tcp_nodelay(true)
         .add_service(health)
         .add_service(service.into_server())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(psflow_proto::net::incoming(listener), shutdown)
         .await
 }

@@ -12,7 +12,7 @@ use psflow_proto::worker::worker_server::{Worker, WorkerServer};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -264,10 +264,9 @@ pub async fn serve(
     }
     let keep = service.clone();
     let r = Server::builder()
-        .tcp_nodelay(true)
         .add_service(health)
         .add_service(service.into_server())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(psflow_proto::net::incoming(listener), shutdown)
         .await;
     keep.abort_all();
     r

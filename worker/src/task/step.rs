@@ -668,6 +668,7 @@ impl Task {
                 .await
                 .map_err(|_| TaskError::Internal("a pull of this step vanished".into()))??;
         }
+        let pulls_done = began.elapsed();
         let out = run?;
 
         let scalar = |t: &Tensor| -> Result<f64> { Ok(t.scalar_value::<f32>("loss")? as f64) };
@@ -698,6 +699,7 @@ impl Task {
                 .get()
                 .map_or(f64::NAN, |t| ms(t.saturating_duration_since(began))),
             run_end_ms = ms(computed),
+            pulls_done_ms = ms(pulls_done),
             total_ms = ms(began.elapsed()),
             "step timeline"
         );
