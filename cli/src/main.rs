@@ -25,6 +25,16 @@ struct Cli {
     /// Kernel threads (0: one per core).
     #[arg(long, global = true, default_value_t = 0, env = "PSFLOW_THREADS")]
     threads: usize,
+    /// Bind each kernel thread to its own core: auto (when there is one
+    /// kernel thread per core), on, or off (on a machine shared with other
+    /// busy processes).
+    #[arg(
+        long,
+        global = true,
+        default_value = "auto",
+        env = "PSFLOW_PIN_THREADS"
+    )]
+    pin_threads: psflow_kernels::threads::Pin,
     #[command(subcommand)]
     command: Command,
 }
@@ -122,7 +132,7 @@ enum BenchCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     alloc::keep_freed_memory();
-    psflow_kernels::threads::init(cli.threads);
+    psflow_kernels::threads::init(cli.threads, cli.pin_threads);
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {

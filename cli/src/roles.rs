@@ -208,7 +208,11 @@ async fn serve_role(
     let mut info = MemberInfo::new(role, &id, &advertise)
         .with_meta("version", env!("CARGO_PKG_VERSION"))
         .with_meta("pid", std::process::id().to_string())
-        .with_meta("threads", psflow_kernels::threads::current().to_string());
+        .with_meta("threads", psflow_kernels::threads::current().to_string())
+        .with_meta(
+            "pinned_threads",
+            psflow_kernels::threads::pinned().to_string(),
+        );
     if let Some((d, _)) = &device {
         info = info.with_meta("device", d.as_str());
     }

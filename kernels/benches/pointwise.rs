@@ -24,7 +24,7 @@ fn filled(shape: Vec<usize>, seed: u32) -> Tensor {
 }
 
 fn pointwise(c: &mut Criterion) {
-    psflow_kernels::threads::init(0);
+    psflow_kernels::threads::init(0, psflow_kernels::threads::Pin::Auto);
     let p = Conv2dParams {
         strides: [1, 1],
         padding: Padding::Valid,

@@ -194,6 +194,7 @@ fn bench(args: &BenchTrainArgs, cfg: &RunConfig, gpu: Option<Arc<CudaDevice>>) -
             "steps": args.steps,
             "warmup": args.warmup,
             "threads": threads,
+            "pinned_threads": psflow_kernels::threads::pinned(),
             "seconds": secs,
             "images_per_sec": ips,
             "ms_per_step": 1e3 * secs / args.steps as f64,
