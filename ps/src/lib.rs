@@ -6,7 +6,8 @@
 //!   without gRPC. Updates are psflow-kernels' `optim` functions, the same
 //!   code as single-machine training.
 //! - [`PsService`] and [`serve`]: the `psflow.ps.ParameterServer` gRPC
-//!   service, with gRPC health.
+//!   service, with gRPC health; [`raw_pull`] answers Pull without copying
+//!   the pulled values into tonic's encoder.
 //! - [`PsClient`]: connects, initializes a shard, pulls, pushes, reads
 //!   stats; cuts tensors into chunks and reassembles them.
 //! - [`limits`]: every size limit of the protocol.
@@ -18,6 +19,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod limits;
+pub mod raw_pull;
 pub mod service;
 pub mod shard;
 pub mod wire;

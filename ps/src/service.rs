@@ -133,6 +133,49 @@ impl PsService {
     }
 }
 
+impl PsService {
+    /// What a Pull answers: waits until the shard reaches
+    /// `req.min_version` (at most `req.deadline_ms`, capped), then takes
+    /// the version and the values asked for (sharing their buffers).
+    pub async fn pull_values(
+        &self,
+        req: &pb::PullRequest,
+    ) -> Result<(u64, Vec<(String, psflow_kernels::Tensor)>), Status> {
+        let inner = &self.inner;
+        // Under the shard lock, which Init also holds while publishing.
+        let generation =
+            inner.with_shard(&req.job_id, |_| Ok(inner.progress.borrow().generation))?;
+        let mut rx = inner.progress.subscribe();
+        let wait_ms = req.deadline_ms.min(MAX_PULL_WAIT_MS);
+        let reached = |p: &Progress| p.generation != generation || p.version >= req.min_version;
+        let timed_out =
+            tokio::time::timeout(Duration::from_millis(wait_ms), rx.wait_for(|p| reached(p)))
+                .await
+                .is_err();
+        let progress = *rx.borrow();
+        if progress.generation != generation {
+            return Err(Error::Replaced {
+                job: req.job_id.clone(),
+            }
+            .into());
+        }
+        if timed_out || progress.version < req.min_version {
+            return Err(Error::Deadline {
+                want: req.min_version,
+                have: progress.version,
+                waited_ms: wait_ms,
+            }
+            .into());
+        }
+        let (version, values) =
+            inner.with_shard(&req.job_id, |s| Ok((s.version(), s.pull(&req.names)?)))?;
+        let bytes: u64 = values.iter().map(|(_, t)| t.nbytes() as u64).sum();
+        inner.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+        tracing::debug!(job = %req.job_id, version, bytes, "pull");
+        Ok((version, values))
+    }
+}
+
 /// Reads a client stream: the header from the first message, every tensor
 /// from the chunks.
 async fn receive<M, H>(
@@ -232,37 +275,10 @@ impl ParameterServer for PsService {
         &self,
         request: Request<pb::PullRequest>,
     ) -> Result<Response<PullStream>, Status> {
-        let req = request.into_inner();
-        let inner = &self.inner;
-        // Under the shard lock, which Init also holds while publishing.
-        let generation =
-            inner.with_shard(&req.job_id, |_| Ok(inner.progress.borrow().generation))?;
-        let mut rx = inner.progress.subscribe();
-        let wait_ms = req.deadline_ms.min(MAX_PULL_WAIT_MS);
-        let reached = |p: &Progress| p.generation != generation || p.version >= req.min_version;
-        let timed_out =
-            tokio::time::timeout(Duration::from_millis(wait_ms), rx.wait_for(|p| reached(p)))
-                .await
-                .is_err();
-        let progress = *rx.borrow();
-        if progress.generation != generation {
-            return Err(Error::Replaced {
-                job: req.job_id.clone(),
-            }
-            .into());
-        }
-        if timed_out || progress.version < req.min_version {
-            return Err(Error::Deadline {
-                want: req.min_version,
-                have: progress.version,
-                waited_ms: wait_ms,
-            }
-            .into());
-        }
-        let (version, values) =
-            inner.with_shard(&req.job_id, |s| Ok((s.version(), s.pull(&req.names)?)))?;
-        let bytes: u64 = values.iter().map(|(_, t)| t.nbytes() as u64).sum();
-        inner.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+        // `serve_with` answers Pull in `raw_pull` without this copy-making
+        // encoder; this is the same answer for anyone serving
+        // `into_server()` alone.
+        let (version, values) = self.pull_values(&request.into_inner()).await?;
         let mut messages: Vec<_> = pack(
             values
                 .iter()
@@ -278,7 +294,6 @@ impl ParameterServer for PsService {
                 chunks: vec![],
             }));
         }
-        tracing::debug!(job = %req.job_id, version, bytes, "pull");
         Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
     }
 
@@ -405,7 +420,7 @@ pub async fn serve_with(
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
         .add_service(health)
-        .add_service(service.into_server())
+        .add_service(crate::raw_pull::PsHttp::new(service))
         .serve_with_incoming_shutdown(psflow_proto::net::incoming(listener), shutdown)
         .await
 }

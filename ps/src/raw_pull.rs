@@ -1,0 +1,305 @@
+//! Pull served without tonic's encoder, so that pulled values go to HTTP/2
+//! straight from the shard's buffers.
+//!
+//! tonic encodes every response message into its own buffer: for a pull
+//! that is a copy of every variable, on the critical path of a sync step
+//! (the worker waits for the first layers' values). [`PsHttp`] wraps the
+//! generated server and answers `Pull` itself: the request is decoded as
+//! tonic would, and each response message is written as its protobuf
+//! framing (a few bytes per chunk) interleaved with the chunks' data, which
+//! are [`Bytes`] sharing the tensors' buffers. HTTP/2 sends them without
+//! copying. On the wire it is the same gRPC stream of `PullResponse`s;
+//! every other call goes to the generated server.
+
+use std::convert::Infallible;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http_body::Frame;
+use http_body_util::{BodyExt, Limited, StreamBody};
+use prost::Message;
+use psflow_proto::ps as pb;
+use psflow_proto::ps::parameter_server_server::ParameterServerServer;
+use tonic::codegen::{http, BoxFuture, Context, Poll, Service};
+use tonic::server::NamedService;
+use tonic::Status;
+
+use crate::limits::MAX_MESSAGE_BYTES;
+use crate::service::PsService;
+use crate::wire::{pack, Start};
+
+/// The gRPC path of Pull.
+pub const PULL_PATH: &str = "/psflow.ps.ParameterServer/Pull";
+
+/// The parameter-server service as tonic serves it, with Pull answered
+/// without copying the pulled values (see the module docs).
+#[derive(Clone)]
+pub struct PsHttp {
+    service: PsService,
+    generated: ParameterServerServer<PsService>,
+}
+
+impl PsHttp {
+    pub fn new(service: PsService) -> PsHttp {
+        PsHttp {
+            generated: service.clone().into_server(),
+            service,
+        }
+    }
+}
+
+impl NamedService for PsHttp {
+    const NAME: &'static str = <ParameterServerServer<PsService> as NamedService>::NAME;
+}
+
+impl<B> Service<http::Request<B>> for PsHttp
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != PULL_PATH {
+            return self.generated.call(req);
+        }
+        let service = self.service.clone();
+        Box::pin(async move {
+            Ok(match pull(&service, req).await {
+                Ok(r) => r,
+                Err(status) => status.into_http(),
+            })
+        })
+    }
+}
+
+async fn pull<B>(
+    service: &PsService,
+    req: http::Request<B>,
+) -> Result<http::Response<tonic::body::Body>, Status>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    let body = Limited::new(req.into_body(), MAX_MESSAGE_BYTES + 5)
+        .collect()
+        .await
+        .map_err(|e| Status::invalid_argument(format!("reading the pull request: {e}")))?
+        .to_bytes();
+    let request = decode_unary::<pb::PullRequest>(&body)?;
+    let (version, values) = service.pull_values(&request).await?;
+    let messages = pack(
+        values
+            .iter()
+            .map(|(n, t)| (n.as_str(), pb::TensorRole::Gradient, t)),
+        Start::Growing,
+    );
+    let mut pieces = Vec::new();
+    if messages.is_empty() {
+        encode_response(version, vec![], &mut pieces);
+    }
+    for chunks in messages {
+        encode_response(version, chunks, &mut pieces);
+    }
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let frames = pieces
+        .into_iter()
+        .map(|b| Ok::<_, Infallible>(Frame::data(b)))
+        .chain(std::iter::once(Ok(Frame::trailers(trailers))));
+    let body = tonic::body::Body::new(StreamBody::new(futures::stream::iter(frames)));
+    let mut response = http::Response::new(body);
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    Ok(response)
+}
+
+/// The one message of a unary gRPC request body (uncompressed).
+fn decode_unary<M: Message + Default>(body: &[u8]) -> Result<M, Status> {
+    let bad = |what: &str| Status::invalid_argument(format!("malformed gRPC request: {what}"));
+    if body.len() < 5 {
+        return Err(bad("shorter than its 5-byte message prefix"));
+    }
+    if body[0] != 0 {
+        return Err(Status::unimplemented(
+            "compressed requests are not supported by this server",
+        ));
+    }
+    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    if len > MAX_MESSAGE_BYTES {
+        return Err(Status::resource_exhausted(format!(
+            "the request message is {len} bytes, over the limit of {MAX_MESSAGE_BYTES}"
+        )));
+    }
+    if body.len() != 5 + len {
+        return Err(bad("its length prefix does not match the body"));
+    }
+    M::decode(&body[5..]).map_err(|e| bad(&e.to_string()))
+}
+
+/// Appends one length-prefixed `PullResponse { version, chunks }` to
+/// `pieces`: the framing in small buffers, each chunk's data as the shared
+/// [`Bytes`] it already is.
+fn encode_response(version: u64, chunks: Vec<pb::TensorChunk>, pieces: &mut Vec<Bytes>) {
+    // Field tags: PullResponse.version = 1 (varint), .chunks = 2 (message);
+    // TensorChunk.data = 6 (bytes).
+    const VERSION_TAG: u8 = 1 << 3;
+    const CHUNKS_TAG: u8 = (2 << 3) | 2;
+    const DATA_TAG: u8 = (6 << 3) | 2;
+    let parts: Vec<(Vec<u8>, Bytes)> = chunks
+        .into_iter()
+        .map(|mut c| {
+            let data = std::mem::take(&mut c.data);
+            (c.encode_to_vec(), data)
+        })
+        .collect();
+    let data_field = |d: &Bytes| {
+        if d.is_empty() {
+            0
+        } else {
+            1 + prost::encoding::encoded_len_varint(d.len() as u64) + d.len()
+        }
+    };
+    let chunk_len = |(head, data): &(Vec<u8>, Bytes)| head.len() + data_field(data);
+    let mut len = 0;
+    if version != 0 {
+        len += 1 + prost::encoding::encoded_len_varint(version);
+    }
+    for p in &parts {
+        let n = chunk_len(p);
+        len += 1 + prost::encoding::encoded_len_varint(n as u64) + n;
+    }
+    let mut buf =
+        BytesMut::with_capacity(64 + parts.iter().map(|(h, _)| h.len() + 24).sum::<usize>());
+    buf.put_u8(0);
+    buf.put_u32(u32::try_from(len).expect("a pull message is far under 4 GiB"));
+    if version != 0 {
+        buf.put_u8(VERSION_TAG);
+        prost::encoding::encode_varint(version, &mut buf);
+    }
+    for p in parts {
+        let n = chunk_len(&p);
+        let (head, data) = p;
+        buf.put_u8(CHUNKS_TAG);
+        prost::encoding::encode_varint(n as u64, &mut buf);
+        buf.put_slice(&head);
+        if !data.is_empty() {
+            buf.put_u8(DATA_TAG);
+            prost::encoding::encode_varint(data.len() as u64, &mut buf);
+            pieces.push(buf.split().freeze());
+            pieces.push(data);
+        }
+    }
+    if !buf.is_empty() {
+        pieces.push(buf.freeze());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use psflow_kernels::Tensor;
+
+    fn decode_all(pieces: &[Bytes]) -> Vec<pb::PullResponse> {
+        let all: Vec<u8> = pieces.iter().flat_map(|b| b.iter().copied()).collect();
+        let mut rest = &all[..];
+        let mut out = vec![];
+        while !rest.is_empty() {
+            assert_eq!(rest[0], 0, "uncompressed");
+            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+            out.push(pb::PullResponse::decode(&rest[5..5 + len]).unwrap());
+            rest = &rest[5 + len..];
+        }
+        out
+    }
+
+    #[test]
+    fn messages_decode_as_prost_encodes_them_and_share_the_data() {
+        let big = Tensor::new(vec![300, 1000], (0..300_000).map(|i| i as f32).collect()).unwrap();
+        let small = Tensor::new(vec![3], vec![1.0f32, -2.0, 3.5]).unwrap();
+        let empty = Tensor::new(vec![0], Vec::<f32>::new()).unwrap();
+        let values = [("a/kernel", &big), ("b", &small), ("empty", &empty)];
+        for version in [0u64, 1, 300, u64::MAX] {
+            let messages = pack(
+                values
+                    .iter()
+                    .map(|(n, t)| (*n, pb::TensorRole::Gradient, *t)),
+                Start::Growing,
+            );
+            assert!(messages.len() > 1, "the big tensor spans messages");
+            let mut pieces = vec![];
+            for m in &messages {
+                encode_response(version, m.clone(), &mut pieces);
+            }
+            let want: Vec<pb::PullResponse> = messages
+                .iter()
+                .map(|chunks| pb::PullResponse {
+                    version,
+                    chunks: chunks.clone(),
+                })
+                .collect();
+            assert_eq!(decode_all(&pieces), want);
+            // The same bytes prost would write, message by message.
+            let mut prost_bytes = vec![];
+            for m in &want {
+                prost_bytes.push(0u8);
+                prost_bytes.extend((m.encoded_len() as u32).to_be_bytes());
+                prost_bytes.extend(m.encode_to_vec());
+            }
+            let ours: Vec<u8> = pieces.iter().flat_map(|b| b.iter().copied()).collect();
+            assert_eq!(ours, prost_bytes);
+        }
+        // The data pieces are the tensor's own memory, not copies.
+        let mut pieces = vec![];
+        let messages = pack([("a/kernel", pb::TensorRole::Gradient, &big)], Start::Full);
+        encode_response(1, messages[0].clone(), &mut pieces);
+        let base = big.values::<f32>("big").unwrap().as_ptr() as usize;
+        assert!(pieces.iter().any(|p| p.as_ptr() as usize == base));
+    }
+
+    #[test]
+    fn an_empty_message_is_only_its_prefix_and_version() {
+        let mut pieces = vec![];
+        encode_response(7, vec![], &mut pieces);
+        assert_eq!(
+            decode_all(&pieces),
+            vec![pb::PullResponse {
+                version: 7,
+                chunks: vec![]
+            }]
+        );
+    }
+
+    #[test]
+    fn malformed_requests_are_clear_errors() {
+        let ok = pb::PullRequest {
+            job_id: "j".into(),
+            ..Default::default()
+        };
+        let mut body = vec![0u8];
+        body.extend((ok.encoded_len() as u32).to_be_bytes());
+        body.extend(ok.encode_to_vec());
+        assert_eq!(decode_unary::<pb::PullRequest>(&body).unwrap(), ok);
+
+        let e = decode_unary::<pb::PullRequest>(&body[..3]).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("5-byte"), "{}", e.message());
+        let e = decode_unary::<pb::PullRequest>(&body[..body.len() - 1]).unwrap_err();
+        assert!(e.message().contains("length prefix"), "{}", e.message());
+        let mut compressed = body.clone();
+        compressed[0] = 1;
+        let e = decode_unary::<pb::PullRequest>(&compressed).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unimplemented);
+        let mut huge = body.clone();
+        huge[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
+        let e = decode_unary::<pb::PullRequest>(&huge).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+    }
+}
