@@ -15,7 +15,10 @@ use crate::limits::{
     Limits, CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, STREAM_WINDOW_BYTES,
 };
 use crate::shard::PushReply;
-use crate::wire::{pack, Assembler, Start};
+use crate::wire::{decode_framed, encode_framed, pack, Assembler, Start};
+
+/// The gRPC path of Push.
+const PUSH_PATH: &str = "/psflow.ps.ParameterServer/Push";
 use crate::{Error, Result};
 
 /// Values pulled from a shard.
@@ -31,6 +34,9 @@ pub struct Pulled {
 #[derive(Clone)]
 pub struct PsClient {
     inner: ParameterServerClient<Channel>,
+    /// The same connection, for Push sent without tonic's encoder.
+    channel: Channel,
+    push_uri: tonic::codegen::http::Uri,
     addr: String,
     job: String,
     limits: Limits,
@@ -53,6 +59,9 @@ impl PsClient {
             addr: addr.to_string(),
             detail,
         };
+        let push_uri = format!("{}{PUSH_PATH}", uri.trim_end_matches('/'))
+            .parse()
+            .map_err(|e| connect_err(format!("not a valid address: {e}")))?;
         let endpoint = Endpoint::from_shared(uri)
             .map_err(|e| connect_err(format!("not a valid address: {e}")))?
             .connect_timeout(timeout)
@@ -78,11 +87,13 @@ impl PsClient {
                 }
             }
         };
-        let inner = ParameterServerClient::new(channel)
+        let inner = ParameterServerClient::new(channel.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         Ok(PsClient {
             inner,
+            channel,
+            push_uri,
             addr: addr.to_string(),
             job: job.into(),
             limits: Limits::default(),
@@ -207,17 +218,7 @@ impl PsClient {
         let requests = with_header(pack(tensors, Start::Full), header, |header, chunks| {
             pb::PushRequest { header, chunks }
         });
-        let r = self
-            .inner
-            .push(tokio_stream::iter(requests))
-            .await
-            .map_err(|status| Error::Rpc { op: "Push", status })?
-            .into_inner();
-        Ok(PushReply {
-            outcome: PushOutcome::try_from(r.outcome).unwrap_or(PushOutcome::Accepted),
-            version: r.version,
-            message: r.message,
-        })
+        self.send_push(futures::stream::iter(requests)).await
     }
 
     /// [`PsClient::push`] of tensors that are still being computed: each
@@ -261,12 +262,84 @@ impl PsClient {
             )
         });
         let requests = futures::stream::once(async { header }).chain(body);
-        let r = self
-            .inner
-            .push(requests)
+        self.send_push(requests).await
+    }
+
+    /// One Push call of `requests`, each written as its protobuf framing
+    /// around the chunks' data, which stay the tensors' own buffers
+    /// ([`encode_framed`]): tonic's encoder would copy every gradient into
+    /// its buffer first. The reply is read as tonic would (a status in
+    /// the headers or the trailers, one `PushResponse`).
+    async fn send_push(
+        &mut self,
+        requests: impl futures::Stream<Item = pb::PushRequest> + Send + 'static,
+    ) -> Result<PushReply> {
+        use futures::StreamExt;
+        use http_body_util::BodyExt;
+        use prost::Message;
+        use tonic::codegen::{http, Service};
+        let rpc = |status| Error::Rpc { op: "Push", status };
+        let transport = |e: tonic::transport::Error| rpc(tonic::Status::from_error(Box::new(e)));
+        let frames = requests.flat_map(|r| {
+            // PushRequest.header is field 1, a message.
+            let mut fields = Vec::new();
+            if let Some(h) = &r.header {
+                fields.push((1 << 3) | 2);
+                h.encode_length_delimited(&mut fields)
+                    .expect("a Vec grows as needed");
+            }
+            let mut pieces = Vec::new();
+            encode_framed(&fields, r.chunks, &mut pieces);
+            futures::stream::iter(
+                pieces
+                    .into_iter()
+                    .map(|b| Ok::<_, std::convert::Infallible>(http_body::Frame::data(b))),
+            )
+        });
+        let request = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(self.push_uri.clone())
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers")
+            .body(tonic::body::Body::new(http_body_util::StreamBody::new(
+                frames,
+            )))
+            .map_err(|e| {
+                rpc(tonic::Status::internal(format!(
+                    "building the request: {e}"
+                )))
+            })?;
+        let mut channel = self.channel.clone();
+        futures::future::poll_fn(|cx| channel.poll_ready(cx))
             .await
-            .map_err(|status| Error::Rpc { op: "Push", status })?
-            .into_inner();
+            .map_err(transport)?;
+        let response = channel.call(request).await.map_err(transport)?;
+        // A status in the headers is a trailers-only answer (an error).
+        if let Some(status) = tonic::Status::from_header_map(response.headers()) {
+            if status.code() != tonic::Code::Ok {
+                return Err(rpc(status));
+            }
+        }
+        if response.status() != http::StatusCode::OK {
+            return Err(rpc(tonic::Status::unknown(format!(
+                "the parameter server answered HTTP {}",
+                response.status()
+            ))));
+        }
+        let collected = response.into_body().collect().await.map_err(rpc)?;
+        match collected
+            .trailers()
+            .and_then(tonic::Status::from_header_map)
+        {
+            Some(status) if status.code() != tonic::Code::Ok => return Err(rpc(status)),
+            Some(_) => {}
+            None => {
+                return Err(rpc(tonic::Status::internal(
+                    "the Push reply ended without a gRPC status",
+                )))
+            }
+        }
+        let r: pb::PushResponse = decode_framed(&collected.to_bytes()).map_err(rpc)?;
         Ok(PushReply {
             outcome: PushOutcome::try_from(r.outcome).unwrap_or(PushOutcome::Accepted),
             version: r.version,

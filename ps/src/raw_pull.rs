@@ -13,10 +13,9 @@
 
 use std::convert::Infallible;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::{BodyExt, Limited, StreamBody};
-use prost::Message;
 use psflow_proto::ps as pb;
 use psflow_proto::ps::parameter_server_server::ParameterServerServer;
 use tonic::codegen::{http, BoxFuture, Context, Poll, Service};
@@ -25,7 +24,7 @@ use tonic::Status;
 
 use crate::limits::MAX_MESSAGE_BYTES;
 use crate::service::PsService;
-use crate::wire::{pack, Start};
+use crate::wire::{decode_framed, encode_framed, pack, Start};
 
 /// The gRPC path of Pull.
 pub const PULL_PATH: &str = "/psflow.ps.ParameterServer/Pull";
@@ -91,7 +90,7 @@ where
         .await
         .map_err(|e| Status::invalid_argument(format!("reading the pull request: {e}")))?
         .to_bytes();
-    let request = decode_unary::<pb::PullRequest>(&body)?;
+    let request = decode_framed::<pb::PullRequest>(&body)?;
     let (version, values) = service.pull_values(&request).await?;
     let messages = pack(
         values
@@ -121,90 +120,22 @@ where
     Ok(response)
 }
 
-/// The one message of a unary gRPC request body (uncompressed).
-fn decode_unary<M: Message + Default>(body: &[u8]) -> Result<M, Status> {
-    let bad = |what: &str| Status::invalid_argument(format!("malformed gRPC request: {what}"));
-    if body.len() < 5 {
-        return Err(bad("shorter than its 5-byte message prefix"));
-    }
-    if body[0] != 0 {
-        return Err(Status::unimplemented(
-            "compressed requests are not supported by this server",
-        ));
-    }
-    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
-    if len > MAX_MESSAGE_BYTES {
-        return Err(Status::resource_exhausted(format!(
-            "the request message is {len} bytes, over the limit of {MAX_MESSAGE_BYTES}"
-        )));
-    }
-    if body.len() != 5 + len {
-        return Err(bad("its length prefix does not match the body"));
-    }
-    M::decode(&body[5..]).map_err(|e| bad(&e.to_string()))
-}
-
 /// Appends one length-prefixed `PullResponse { version, chunks }` to
-/// `pieces`: the framing in small buffers, each chunk's data as the shared
-/// [`Bytes`] it already is.
+/// `pieces` (see [`encode_framed`]).
 fn encode_response(version: u64, chunks: Vec<pb::TensorChunk>, pieces: &mut Vec<Bytes>) {
-    // Field tags: PullResponse.version = 1 (varint), .chunks = 2 (message);
-    // TensorChunk.data = 6 (bytes).
-    const VERSION_TAG: u8 = 1 << 3;
-    const CHUNKS_TAG: u8 = (2 << 3) | 2;
-    const DATA_TAG: u8 = (6 << 3) | 2;
-    let parts: Vec<(Vec<u8>, Bytes)> = chunks
-        .into_iter()
-        .map(|mut c| {
-            let data = std::mem::take(&mut c.data);
-            (c.encode_to_vec(), data)
-        })
-        .collect();
-    let data_field = |d: &Bytes| {
-        if d.is_empty() {
-            0
-        } else {
-            1 + prost::encoding::encoded_len_varint(d.len() as u64) + d.len()
-        }
-    };
-    let chunk_len = |(head, data): &(Vec<u8>, Bytes)| head.len() + data_field(data);
-    let mut len = 0;
+    // PullResponse.version is field 1, a varint.
+    let mut fields = Vec::with_capacity(11);
     if version != 0 {
-        len += 1 + prost::encoding::encoded_len_varint(version);
+        fields.push(1 << 3);
+        prost::encoding::encode_varint(version, &mut fields);
     }
-    for p in &parts {
-        let n = chunk_len(p);
-        len += 1 + prost::encoding::encoded_len_varint(n as u64) + n;
-    }
-    let mut buf =
-        BytesMut::with_capacity(64 + parts.iter().map(|(h, _)| h.len() + 24).sum::<usize>());
-    buf.put_u8(0);
-    buf.put_u32(u32::try_from(len).expect("a pull message is far under 4 GiB"));
-    if version != 0 {
-        buf.put_u8(VERSION_TAG);
-        prost::encoding::encode_varint(version, &mut buf);
-    }
-    for p in parts {
-        let n = chunk_len(&p);
-        let (head, data) = p;
-        buf.put_u8(CHUNKS_TAG);
-        prost::encoding::encode_varint(n as u64, &mut buf);
-        buf.put_slice(&head);
-        if !data.is_empty() {
-            buf.put_u8(DATA_TAG);
-            prost::encoding::encode_varint(data.len() as u64, &mut buf);
-            pieces.push(buf.split().freeze());
-            pieces.push(data);
-        }
-    }
-    if !buf.is_empty() {
-        pieces.push(buf.freeze());
-    }
+    encode_framed(&fields, chunks, pieces);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message;
     use psflow_kernels::Tensor;
 
     fn decode_all(pieces: &[Bytes]) -> Vec<pb::PullResponse> {
@@ -286,20 +217,20 @@ mod tests {
         let mut body = vec![0u8];
         body.extend((ok.encoded_len() as u32).to_be_bytes());
         body.extend(ok.encode_to_vec());
-        assert_eq!(decode_unary::<pb::PullRequest>(&body).unwrap(), ok);
+        assert_eq!(decode_framed::<pb::PullRequest>(&body).unwrap(), ok);
 
-        let e = decode_unary::<pb::PullRequest>(&body[..3]).unwrap_err();
+        let e = decode_framed::<pb::PullRequest>(&body[..3]).unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().contains("5-byte"), "{}", e.message());
-        let e = decode_unary::<pb::PullRequest>(&body[..body.len() - 1]).unwrap_err();
+        let e = decode_framed::<pb::PullRequest>(&body[..body.len() - 1]).unwrap_err();
         assert!(e.message().contains("length prefix"), "{}", e.message());
         let mut compressed = body.clone();
         compressed[0] = 1;
-        let e = decode_unary::<pb::PullRequest>(&compressed).unwrap_err();
+        let e = decode_framed::<pb::PullRequest>(&compressed).unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unimplemented);
         let mut huge = body.clone();
         huge[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
-        let e = decode_unary::<pb::PullRequest>(&huge).unwrap_err();
+        let e = decode_framed::<pb::PullRequest>(&huge).unwrap_err();
         assert_eq!(e.code(), tonic::Code::ResourceExhausted);
     }
 }

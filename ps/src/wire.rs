@@ -10,8 +10,8 @@ use psflow_proto::ps::{TensorChunk, TensorRole};
 use psflow_proto::tensorflow::DataType;
 
 use crate::limits::{
-    Limits, CHUNK_BYTES, CHUNK_OVERHEAD, FIRST_MESSAGE_DATA_BYTES, MAX_NAME_BYTES, MAX_RANK,
-    MESSAGE_DATA_BYTES,
+    Limits, CHUNK_BYTES, CHUNK_OVERHEAD, FIRST_MESSAGE_DATA_BYTES, MAX_MESSAGE_BYTES,
+    MAX_NAME_BYTES, MAX_RANK, MESSAGE_DATA_BYTES,
 };
 use crate::{Error, Result};
 
@@ -152,6 +152,93 @@ pub fn pack<'a>(
         messages.push(current);
     }
     messages
+}
+
+/// Appends one length-prefixed gRPC message to `pieces` without copying
+/// tensor data: a `PullResponse` or `PushRequest`, whose `chunks` are field
+/// 2, with `fields` its other fields already encoded. The framing goes in
+/// small buffers and each chunk's data is the [`Bytes`] it already is
+/// (sharing the tensor's buffer), so HTTP/2 sends it without a copy. It
+/// decodes to the same message, of the same length, as prost's encoding (a
+/// chunk's data field is written last, after its role).
+pub fn encode_framed(fields: &[u8], chunks: Vec<TensorChunk>, pieces: &mut Vec<Bytes>) {
+    use bytes::{BufMut, BytesMut};
+    use prost::encoding::{encode_varint, encoded_len_varint};
+    use prost::Message;
+    // Field tags: the message's chunks = 2, TensorChunk.data = 6, both
+    // length-delimited.
+    const CHUNKS_TAG: u8 = (2 << 3) | 2;
+    const DATA_TAG: u8 = (6 << 3) | 2;
+    let parts: Vec<(Vec<u8>, Bytes)> = chunks
+        .into_iter()
+        .map(|mut c| {
+            let data = std::mem::take(&mut c.data);
+            (c.encode_to_vec(), data)
+        })
+        .collect();
+    let chunk_len = |(head, data): &(Vec<u8>, Bytes)| {
+        head.len()
+            + if data.is_empty() {
+                0
+            } else {
+                1 + encoded_len_varint(data.len() as u64) + data.len()
+            }
+    };
+    let len = fields.len()
+        + parts
+            .iter()
+            .map(|p| {
+                let n = chunk_len(p);
+                1 + encoded_len_varint(n as u64) + n
+            })
+            .sum::<usize>();
+    let mut buf = BytesMut::with_capacity(
+        5 + fields.len() + parts.iter().map(|(h, _)| h.len() + 24).sum::<usize>(),
+    );
+    buf.put_u8(0);
+    buf.put_u32(u32::try_from(len).expect("a message of chunks is far under 4 GiB"));
+    buf.put_slice(fields);
+    for p in parts {
+        let n = chunk_len(&p);
+        let (head, data) = p;
+        buf.put_u8(CHUNKS_TAG);
+        encode_varint(n as u64, &mut buf);
+        buf.put_slice(&head);
+        if !data.is_empty() {
+            buf.put_u8(DATA_TAG);
+            encode_varint(data.len() as u64, &mut buf);
+            pieces.push(buf.split().freeze());
+            pieces.push(data);
+        }
+    }
+    if !buf.is_empty() {
+        pieces.push(buf.freeze());
+    }
+}
+
+/// The one length-prefixed message of a unary gRPC body (a request, or a
+/// response without its trailers), uncompressed.
+pub fn decode_framed<M: prost::Message + Default>(body: &[u8]) -> Result<M, tonic::Status> {
+    use tonic::Status;
+    let bad = |what: &str| Status::invalid_argument(format!("malformed gRPC message: {what}"));
+    if body.len() < 5 {
+        return Err(bad("shorter than its 5-byte message prefix"));
+    }
+    if body[0] != 0 {
+        return Err(Status::unimplemented(
+            "compressed messages are not supported",
+        ));
+    }
+    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    if len > MAX_MESSAGE_BYTES {
+        return Err(Status::resource_exhausted(format!(
+            "the message is {len} bytes, over the limit of {MAX_MESSAGE_BYTES}"
+        )));
+    }
+    if body.len() != 5 + len {
+        return Err(bad("its length prefix does not match the body"));
+    }
+    M::decode(&body[5..]).map_err(|e| bad(&e.to_string()))
 }
 
 /// A tensor received whole.
@@ -516,6 +603,50 @@ mod tests {
         let t = Tensor::new(vec![4], vec![1f32, 2.0, 3.0, 4.0]).unwrap();
         let b = tensor_bytes(&t);
         assert_eq!(b.as_ptr(), t.f32s("test").unwrap().as_ptr().cast::<u8>());
+    }
+
+    #[test]
+    fn framed_push_requests_are_the_bytes_prost_writes() {
+        use prost::Message;
+        use psflow_proto::ps::{PushHeader, PushRequest};
+        let big = Tensor::new(vec![700, 1000], vec![0.5f32; 700_000]).unwrap();
+        let small = Tensor::new(vec![2], vec![1i64, -1]).unwrap();
+        let messages = pack(
+            [
+                ("w", TensorRole::Gradient, &big),
+                ("s", TensorRole::Assign, &small),
+            ],
+            Start::Full,
+        );
+        assert!(messages.len() > 1);
+        for (i, chunks) in messages.into_iter().enumerate() {
+            let header = (i == 0).then(|| PushHeader {
+                job_id: "job".into(),
+                worker: 3,
+                base_version: 41,
+                partial: true,
+            });
+            let mut fields = vec![];
+            if let Some(h) = &header {
+                fields.push((1 << 3) | 2);
+                h.encode_length_delimited(&mut fields).unwrap();
+            }
+            let mut pieces = vec![];
+            encode_framed(&fields, chunks.clone(), &mut pieces);
+            let ours: Vec<u8> = pieces.iter().flat_map(|b| b.iter().copied()).collect();
+            let m = PushRequest { header, chunks };
+            // The same message and length as prost's (a chunk's data field
+            // comes last, after its role, so the bytes may be in another
+            // order).
+            assert_eq!(ours[0], 0);
+            assert_eq!(&ours[1..5], &(m.encoded_len() as u32).to_be_bytes());
+            assert_eq!(ours.len(), 5 + m.encoded_len());
+            assert_eq!(
+                decode_framed::<PushRequest>(&ours).unwrap(),
+                m,
+                "message {i}"
+            );
+        }
     }
 
     #[test]
