@@ -23,8 +23,8 @@ use tonic::server::NamedService;
 use tonic::Status;
 
 use crate::limits::MAX_MESSAGE_BYTES;
-use crate::service::PsService;
-use crate::wire::{decode_framed, encode_framed, pack, Start};
+use crate::service::{pull_messages, PsService};
+use crate::wire::{decode_framed, encode_framed};
 
 /// The gRPC path of Pull.
 pub const PULL_PATH: &str = "/psflow.ps.ParameterServer/Pull";
@@ -92,17 +92,8 @@ where
         .to_bytes();
     let request = decode_framed::<pb::PullRequest>(&body)?;
     let (version, values) = service.pull_values(&request).await?;
-    let messages = pack(
-        values
-            .iter()
-            .map(|(n, t)| (n.as_str(), pb::TensorRole::Gradient, t)),
-        Start::Growing,
-    );
     let mut pieces = Vec::new();
-    if messages.is_empty() {
-        encode_response(version, vec![], &mut pieces);
-    }
-    for chunks in messages {
+    for chunks in pull_messages(&values) {
         encode_response(version, chunks, &mut pieces);
     }
     let mut trailers = http::HeaderMap::new();
@@ -135,6 +126,7 @@ fn encode_response(version: u64, chunks: Vec<pb::TensorChunk>, pieces: &mut Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::{pack, Start};
     use prost::Message;
     use psflow_kernels::Tensor;
 

@@ -217,6 +217,25 @@ async fn receive<M, H>(
     Ok((header, tensors, assembler.bytes()))
 }
 
+/// The chunks of a Pull's answer, message by message: pulls start with
+/// small messages ([`Start::Growing`]); an answer with no values is one
+/// empty message (it still carries the version).
+pub(crate) fn pull_messages(
+    values: &[(String, psflow_kernels::Tensor)],
+) -> Vec<Vec<pb::TensorChunk>> {
+    let messages = pack(
+        values
+            .iter()
+            .map(|(n, t)| (n.as_str(), pb::TensorRole::Gradient, t)),
+        Start::Growing,
+    );
+    if messages.is_empty() {
+        vec![vec![]]
+    } else {
+        messages
+    }
+}
+
 type PullStream = Pin<Box<dyn Stream<Item = Result<pb::PullResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -279,21 +298,10 @@ impl ParameterServer for PsService {
         // encoder; this is the same answer for anyone serving
         // `into_server()` alone.
         let (version, values) = self.pull_values(&request.into_inner()).await?;
-        let mut messages: Vec<_> = pack(
-            values
-                .iter()
-                .map(|(n, t)| (n.as_str(), pb::TensorRole::Gradient, t)),
-            Start::Growing,
-        )
-        .into_iter()
-        .map(|chunks| Ok(pb::PullResponse { version, chunks }))
-        .collect();
-        if messages.is_empty() {
-            messages.push(Ok(pb::PullResponse {
-                version,
-                chunks: vec![],
-            }));
-        }
+        let messages: Vec<_> = pull_messages(&values)
+            .into_iter()
+            .map(|chunks| Ok(pb::PullResponse { version, chunks }))
+            .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
     }
 
