@@ -188,14 +188,24 @@ struct Pulls {
     first_pulled: Arc<std::sync::OnceLock<Instant>>,
 }
 
-/// Aborts the step's calls still running when dropped (a failed step).
-struct Calls(Vec<JoinHandle<()>>);
+/// The calls of a step. Dropped (the step ended, failed, or its task was
+/// stopped), it aborts those still running and the step's rendezvous: a
+/// graph still waiting on a pulled tensor then fails at once instead of
+/// holding its thread until the pull timeout (a stopped task's graph runs
+/// on a blocking thread that nothing else would wake).
+struct Calls {
+    handles: Vec<JoinHandle<()>>,
+    state: Arc<StepState>,
+}
 
 impl Drop for Calls {
     fn drop(&mut self) {
-        for h in &self.0 {
+        for h in &self.handles {
             h.abort();
         }
+        self.state
+            .local
+            .abort("the step was stopped before its tensors arrived");
     }
 }
 
@@ -455,7 +465,10 @@ impl Task {
             totals: self.shards.iter().map(|s| s.pushes.len()).collect(),
         });
         let min_version = if sync { step } else { 0 };
-        let mut calls = Calls(Vec::new());
+        let mut calls = Calls {
+            handles: Vec::new(),
+            state: state.clone(),
+        };
         let mut pulled = Vec::with_capacity(self.shards.len());
         let mut versions = Vec::with_capacity(self.shards.len());
         let first_pulled = Arc::new(std::sync::OnceLock::new());
@@ -467,7 +480,7 @@ impl Task {
             let (index, addr) = (s.index, client.addr().to_string());
             let (state2, timeout) = (state.clone(), self.pull_timeout);
             let first_pulled = first_pulled.clone();
-            calls.0.push(tokio::spawn(async move {
+            calls.handles.push(tokio::spawn(async move {
                 let names: Vec<String> = pulls.iter().map(|(n, _)| n.clone()).collect();
                 let mut next = 0usize;
                 let mut nbytes = 0u64;
@@ -574,7 +587,7 @@ impl Task {
             let pushes = s.pushes.clone();
             let worker = self.spec.worker;
             let (index, addr) = (s.index, client.addr().to_string());
-            calls.0.push(tokio::spawn(async move {
+            calls.handles.push(tokio::spawn(async move {
                 // Async mode pushes against the version pulled.
                 let base = if sync {
                     step
