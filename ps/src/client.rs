@@ -16,10 +16,10 @@ use crate::limits::{
 };
 use crate::shard::PushReply;
 use crate::wire::{decode_framed, encode_framed, pack, Assembler, Start};
+use crate::{Error, Result};
 
 /// The gRPC path of Push.
 const PUSH_PATH: &str = "/psflow.ps.ParameterServer/Push";
-use crate::{Error, Result};
 
 /// Values pulled from a shard.
 #[derive(Debug, Clone, PartialEq)]

@@ -131,9 +131,7 @@ impl PsService {
             .await
             .map_err(|e| Error::Invalid(format!("the shard task failed: {e}")))?
     }
-}
 
-impl PsService {
     /// What a Pull answers: waits until the shard reaches
     /// `req.min_version` (at most `req.deadline_ms`, capped), then takes
     /// the version and the values asked for (sharing their buffers).

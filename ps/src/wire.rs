@@ -3,11 +3,14 @@
 //! messages ([`pack`]), and reassembled with every limit checked before
 //! anything is allocated ([`Assembler`]).
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::encoding::{encode_varint, encoded_len_varint};
+use prost::Message;
 use psflow_graph::dtype::{dtype_from_proto, dtype_to_proto};
 use psflow_kernels::{DType, Data, Tensor};
 use psflow_proto::ps::{TensorChunk, TensorRole};
 use psflow_proto::tensorflow::DataType;
+use tonic::Status;
 
 use crate::limits::{
     Limits, CHUNK_BYTES, CHUNK_OVERHEAD, FIRST_MESSAGE_DATA_BYTES, MAX_MESSAGE_BYTES,
@@ -162,28 +165,26 @@ pub fn pack<'a>(
 /// decodes to the same message, of the same length, as prost's encoding (a
 /// chunk's data field is written last, after its role).
 pub fn encode_framed(fields: &[u8], chunks: Vec<TensorChunk>, pieces: &mut Vec<Bytes>) {
-    use bytes::{BufMut, BytesMut};
-    use prost::encoding::{encode_varint, encoded_len_varint};
-    use prost::Message;
     // Field tags: the message's chunks = 2, TensorChunk.data = 6, both
     // length-delimited.
     const CHUNKS_TAG: u8 = (2 << 3) | 2;
     const DATA_TAG: u8 = (6 << 3) | 2;
-    let parts: Vec<(Vec<u8>, Bytes)> = chunks
+    // Each chunk without its data, which is written after the rest.
+    let parts: Vec<(TensorChunk, Bytes)> = chunks
         .into_iter()
         .map(|mut c| {
             let data = std::mem::take(&mut c.data);
-            (c.encode_to_vec(), data)
+            (c, data)
         })
         .collect();
-    let chunk_len = |(head, data): &(Vec<u8>, Bytes)| {
-        head.len()
-            + if data.is_empty() {
-                0
-            } else {
-                1 + encoded_len_varint(data.len() as u64) + data.len()
-            }
+    let data_len = |d: &Bytes| {
+        if d.is_empty() {
+            0
+        } else {
+            1 + encoded_len_varint(d.len() as u64) + d.len()
+        }
     };
+    let chunk_len = |(head, data): &(TensorChunk, Bytes)| head.encoded_len() + data_len(data);
     let len = fields.len()
         + parts
             .iter()
@@ -192,9 +193,8 @@ pub fn encode_framed(fields: &[u8], chunks: Vec<TensorChunk>, pieces: &mut Vec<B
                 1 + encoded_len_varint(n as u64) + n
             })
             .sum::<usize>();
-    let mut buf = BytesMut::with_capacity(
-        5 + fields.len() + parts.iter().map(|(h, _)| h.len() + 24).sum::<usize>(),
-    );
+    let mut buf =
+        BytesMut::with_capacity(5 + len - parts.iter().map(|(_, d)| d.len()).sum::<usize>());
     buf.put_u8(0);
     buf.put_u32(u32::try_from(len).expect("a message of chunks is far under 4 GiB"));
     buf.put_slice(fields);
@@ -203,7 +203,7 @@ pub fn encode_framed(fields: &[u8], chunks: Vec<TensorChunk>, pieces: &mut Vec<B
         let (head, data) = p;
         buf.put_u8(CHUNKS_TAG);
         encode_varint(n as u64, &mut buf);
-        buf.put_slice(&head);
+        head.encode(&mut buf).expect("a BytesMut grows as needed");
         if !data.is_empty() {
             buf.put_u8(DATA_TAG);
             encode_varint(data.len() as u64, &mut buf);
@@ -218,8 +218,7 @@ pub fn encode_framed(fields: &[u8], chunks: Vec<TensorChunk>, pieces: &mut Vec<B
 
 /// The one length-prefixed message of a unary gRPC body (a request, or a
 /// response without its trailers), uncompressed.
-pub fn decode_framed<M: prost::Message + Default>(body: &[u8]) -> Result<M, tonic::Status> {
-    use tonic::Status;
+pub fn decode_framed<M: Message + Default>(body: &[u8]) -> Result<M, Status> {
     let bad = |what: &str| Status::invalid_argument(format!("malformed gRPC message: {what}"));
     if body.len() < 5 {
         return Err(bad("shorter than its 5-byte message prefix"));
