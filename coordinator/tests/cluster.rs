@@ -141,6 +141,7 @@ fn spec_of(net: &Net, workers: u32, ps: u32, batch: u32, steps: u64) -> pb::JobS
         model: None,
         split_threshold: 0,
         moving_average_decay: 0.0,
+        push_batch_bytes: 0,
     }
 }
 

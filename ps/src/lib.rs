@@ -18,6 +18,7 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod fresh;
 pub mod limits;
 pub mod raw_pull;
 pub mod service;

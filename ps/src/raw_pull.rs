@@ -14,6 +14,7 @@
 use std::convert::Infallible;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use http_body::Frame;
 use http_body_util::{BodyExt, Limited, StreamBody};
 use psflow_proto::ps as pb;
@@ -91,24 +92,43 @@ where
         .map_err(|e| Status::invalid_argument(format!("reading the pull request: {e}")))?
         .to_bytes();
     let request = decode_framed::<pb::PullRequest>(&body)?;
-    let (version, values) = service.pull_values(&request).await?;
-    let mut pieces = Vec::new();
-    for chunks in pull_messages(&values) {
-        encode_response(version, chunks, &mut pieces);
-    }
-    let mut trailers = http::HeaderMap::new();
-    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-    let frames = pieces
-        .into_iter()
-        .map(|b| Ok::<_, Infallible>(Frame::data(b)))
-        .chain(std::iter::once(Ok(Frame::trailers(trailers))));
-    let body = tonic::body::Body::new(StreamBody::new(futures::stream::iter(frames)));
+    let answer = service.pull_values(&request).await?;
+    let (version, batches) = service.pull_batches(request.job_id, answer);
+    // Each batch of values as its messages' pieces; the trailers carry
+    // the status, an error's after the values sent before it.
+    let frames = futures::stream::unfold(Some(Box::pin(batches)), move |state| async move {
+        let mut batches = state?;
+        Some(match batches.next().await {
+            Some(Ok(values)) => {
+                let mut pieces = Vec::new();
+                for chunks in pull_messages(&values) {
+                    encode_response(version, chunks, &mut pieces);
+                }
+                let frames: Vec<_> = pieces.into_iter().map(Frame::data).collect();
+                (frames, Some(batches))
+            }
+            Some(Err(status)) => (vec![Frame::trailers(trailers(&status))], None),
+            None => (vec![Frame::trailers(trailers(&Status::ok("")))], None),
+        })
+    })
+    .flat_map(|frames| futures::stream::iter(frames.into_iter().map(Ok::<_, Infallible>)));
+    let body = tonic::body::Body::new(StreamBody::new(frames));
     let mut response = http::Response::new(body);
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/grpc"),
     );
     Ok(response)
+}
+
+/// The trailers that end a gRPC response with `status`.
+fn trailers(status: &Status) -> http::HeaderMap {
+    let mut map = http::HeaderMap::new();
+    if status.add_header(&mut map).is_err() {
+        // Only a message that cannot be a header value gets here.
+        map.insert("grpc-status", http::HeaderValue::from(status.code() as i32));
+    }
+    map
 }
 
 /// Appends one length-prefixed `PullResponse { version, chunks }` to

@@ -13,9 +13,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use psflow_graph::dtype::dtype_to_proto;
 use psflow_proto::ps as pb;
 use psflow_proto::ps::parameter_server_server::{ParameterServer, ParameterServerServer};
@@ -25,6 +25,7 @@ use tonic::transport::Server;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::{Mode, ShardConfig};
+use crate::fresh::{self, FreshStep, Next, Publisher};
 use crate::limits::{
     Limits, CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, MAX_PULL_WAIT_MS,
     STREAM_WINDOW_BYTES,
@@ -33,17 +34,24 @@ use crate::shard::{Push, Shard};
 use crate::wire::{pack, Assembler, Received, Start};
 use crate::{Error, Result};
 
-/// What waiting pulls watch: which Init is current, and its version.
+/// What waiting pulls watch: which Init is current, its version, and the
+/// version a sync step being applied makes (0: none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Progress {
     generation: u64,
     version: u64,
+    applying: u64,
 }
 
 struct Inner {
     limits: Limits,
     shard: Mutex<Option<Shard>>,
     progress: watch::Sender<Progress>,
+    /// The values of the sync step being applied (or last applied).
+    fresh: fresh::Current,
+    /// The names of the last pull (that named any): sync steps update the
+    /// variables in this order.
+    pull_order: Mutex<Vec<String>>,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
 }
@@ -95,8 +103,11 @@ impl PsService {
                 progress: watch::channel(Progress {
                     generation: 0,
                     version: 0,
+                    applying: 0,
                 })
                 .0,
+                fresh: fresh::Current::default(),
+                pull_order: Mutex::default(),
                 bytes_in: AtomicU64::new(0),
                 bytes_out: AtomicU64::new(0),
             }),
@@ -134,22 +145,44 @@ impl PsService {
 
     /// What a Pull answers: waits until the shard reaches
     /// `req.min_version` (at most `req.deadline_ms`, capped), then takes
-    /// the version and the values asked for (sharing their buffers).
-    pub async fn pull_values(
-        &self,
-        req: &pb::PullRequest,
-    ) -> Result<(u64, Vec<(String, psflow_kernels::Tensor)>), Status> {
+    /// the version and the values asked for (sharing their buffers). When
+    /// a sync step making exactly that version is being applied, and the
+    /// pull names only variables, the answer is that step's values as it
+    /// makes them ([`PullAnswer::Streaming`]).
+    pub async fn pull_values(&self, req: &pb::PullRequest) -> Result<PullAnswer, Status> {
         let inner = &self.inner;
+        inner.remember_pull_order(&req.names);
+        let deadline =
+            Instant::now() + Duration::from_millis(req.deadline_ms.min(MAX_PULL_WAIT_MS));
+        // A step being applied holds the shard lock: look for its values
+        // first, without the lock.
+        if let Some(answer) = inner.streaming(req, deadline) {
+            return Ok(answer);
+        }
         // Under the shard lock, which Init also holds while publishing.
         let generation =
             inner.with_shard(&req.job_id, |_| Ok(inner.progress.borrow().generation))?;
         let mut rx = inner.progress.subscribe();
         let wait_ms = req.deadline_ms.min(MAX_PULL_WAIT_MS);
-        let reached = |p: &Progress| p.generation != generation || p.version >= req.min_version;
-        let timed_out =
-            tokio::time::timeout(Duration::from_millis(wait_ms), rx.wait_for(|p| reached(p)))
-                .await
-                .is_err();
+        let reached = |p: &Progress| {
+            p.generation != generation
+                || p.version >= req.min_version
+                || p.applying == req.min_version
+        };
+        let timed_out = tokio::time::timeout_at(deadline.into(), rx.wait_for(|p| reached(p)))
+            .await
+            .is_err();
+        if !timed_out && rx.borrow().generation == generation {
+            if let Some(answer) = inner.streaming(req, deadline) {
+                return Ok(answer);
+            }
+            // The step ended meanwhile: wait for its version.
+            let _ = tokio::time::timeout_at(
+                deadline.into(),
+                rx.wait_for(|p| p.generation != generation || p.version >= req.min_version),
+            )
+            .await;
+        }
         let progress = *rx.borrow();
         if progress.generation != generation {
             return Err(Error::Replaced {
@@ -157,7 +190,7 @@ impl PsService {
             }
             .into());
         }
-        if timed_out || progress.version < req.min_version {
+        if progress.version < req.min_version {
             return Err(Error::Deadline {
                 want: req.min_version,
                 have: progress.version,
@@ -167,10 +200,132 @@ impl PsService {
         }
         let (version, values) =
             inner.with_shard(&req.job_id, |s| Ok((s.version(), s.pull(&req.names)?)))?;
-        let bytes: u64 = values.iter().map(|(_, t)| t.nbytes() as u64).sum();
-        inner.bytes_out.fetch_add(bytes, Ordering::Relaxed);
-        tracing::debug!(job = %req.job_id, version, bytes, "pull");
-        Ok((version, values))
+        Ok(PullAnswer::Ready(version, values))
+    }
+
+    /// The values of a Pull's answer in the order asked for, in batches as
+    /// they become ready (one batch, when they all were); counts the bytes.
+    pub(crate) fn pull_batches(
+        &self,
+        job: String,
+        answer: PullAnswer,
+    ) -> (
+        u64,
+        impl Stream<Item = Result<Values, Status>> + Send + 'static,
+    ) {
+        let inner = self.inner.clone();
+        let count = move |values: &Values| {
+            let bytes: u64 = values.iter().map(|(_, t)| t.nbytes() as u64).sum();
+            inner.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+            bytes
+        };
+        match answer {
+            PullAnswer::Ready(version, values) => {
+                let bytes = count(&values);
+                tracing::debug!(job, version, bytes, "pull");
+                let once = futures::stream::iter([Ok(values)]);
+                (version, futures::future::Either::Left(once))
+            }
+            PullAnswer::Streaming {
+                fresh,
+                names,
+                deadline,
+            } => {
+                let version = fresh.version();
+                tracing::debug!(job, version, "pull, streamed as the step applies");
+                let rx = fresh.subscribe();
+                let batches = futures::stream::unfold(
+                    (fresh, names, 0usize, rx),
+                    move |(fresh, names, from, mut rx)| {
+                        let count = count.clone();
+                        async move {
+                            if from == names.len() {
+                                return None;
+                            }
+                            loop {
+                                // Marks the state seen before looking at it.
+                                rx.borrow_and_update();
+                                match fresh.next(&names, from) {
+                                    Next::Values(v) => {
+                                        count(&v);
+                                        let from = from + v.len();
+                                        return Some((Ok(v), (fresh, names, from, rx)));
+                                    }
+                                    Next::Failed(e) => {
+                                        let e = Status::internal(format!(
+                                            "applying version {}: {e}",
+                                            fresh.version()
+                                        ));
+                                        let end = names.len();
+                                        return Some((Err(e), (fresh, names, end, rx)));
+                                    }
+                                    Next::Wait => {}
+                                }
+                                let waited =
+                                    tokio::time::timeout_at(deadline.into(), rx.changed()).await;
+                                if !matches!(waited, Ok(Ok(()))) {
+                                    let e = Status::deadline_exceeded(format!(
+                                        "version {} was still being applied at the pull's \
+                                         deadline",
+                                        fresh.version()
+                                    ));
+                                    let end = names.len();
+                                    return Some((Err(e), (fresh, names, end, rx)));
+                                }
+                            }
+                        }
+                    },
+                );
+                (version, futures::future::Either::Right(batches))
+            }
+        }
+    }
+}
+
+/// Tensors by name.
+pub(crate) type Values = Vec<(String, psflow_kernels::Tensor)>;
+
+/// How a Pull is answered (see [`PsService::pull_values`]).
+pub enum PullAnswer {
+    /// Every value asked for, of this version.
+    Ready(u64, Values),
+    /// The values of `fresh`'s version as its step makes them.
+    Streaming {
+        fresh: Arc<FreshStep>,
+        names: Vec<String>,
+        deadline: Instant,
+    },
+}
+
+impl Inner {
+    /// Keeps the order of a pull's names for the next sync step.
+    fn remember_pull_order(&self, names: &[String]) {
+        let mut order = self
+            .pull_order
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if order.as_slice() != names && !names.is_empty() {
+            *order = names.to_vec();
+        }
+    }
+
+    /// The values of the sync step making exactly `req.min_version`, if
+    /// one is being applied (not yet ended) and will have every name
+    /// asked for (a pull of every variable, naming none, waits for the
+    /// version).
+    fn streaming(&self, req: &pb::PullRequest, deadline: Instant) -> Option<PullAnswer> {
+        let p = *self.progress.borrow();
+        if req.names.is_empty() || p.version >= req.min_version || p.applying != req.min_version {
+            return None;
+        }
+        let fresh = self.fresh.get(req.min_version)?;
+        fresh
+            .serves(&req.job_id, &req.names)
+            .then(|| PullAnswer::Streaming {
+                fresh,
+                names: req.names.clone(),
+                deadline,
+            })
     }
 }
 
@@ -272,9 +427,11 @@ impl ParameterServer for PsService {
             let mut guard = inner.lock();
             check(guard.as_ref(), &header)?;
             *guard = Some(shard);
+            inner.fresh.clear();
             inner.progress.send_modify(|p| {
                 p.generation += 1;
                 p.version = version;
+                p.applying = 0;
             });
         }
         inner.bytes_in.fetch_add(bytes, Ordering::Relaxed);
@@ -295,12 +452,20 @@ impl ParameterServer for PsService {
         // `serve_with` answers Pull in `raw_pull` without this copy-making
         // encoder; this is the same answer for anyone serving
         // `into_server()` alone.
-        let (version, values) = self.pull_values(&request.into_inner()).await?;
-        let messages: Vec<_> = pull_messages(&values)
-            .into_iter()
-            .map(|chunks| Ok(pb::PullResponse { version, chunks }))
-            .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
+        let req = request.into_inner();
+        let answer = self.pull_values(&req).await?;
+        let (version, batches) = self.pull_batches(req.job_id, answer);
+        let messages = batches.flat_map(move |batch| {
+            let messages: Vec<_> = match batch {
+                Ok(values) => pull_messages(&values)
+                    .into_iter()
+                    .map(|chunks| Ok(pb::PullResponse { version, chunks }))
+                    .collect(),
+                Err(status) => vec![Err(status)],
+            };
+            futures::stream::iter(messages)
+        });
+        Ok(Response::new(Box::pin(messages)))
     }
 
     async fn push(
@@ -323,9 +488,30 @@ impl ParameterServer for PsService {
             partial: header.partial,
             tensors,
         };
-        let received = std::time::Instant::now();
+        let received = Instant::now();
+        let inner2 = self.inner.clone();
+        let job = header.job_id.clone();
         let reply = self
-            .blocking(header.job_id.clone(), move |s| s.push(push))
+            .blocking(header.job_id.clone(), move |s| {
+                // Pulls waiting for the version this push may make get
+                // each variable as soon as it is updated.
+                let order = inner2
+                    .pull_order
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                s.set_pull_order(&order);
+                let publisher =
+                    Publisher::new(&inner2.fresh, &job, s.variable_names().clone(), |version| {
+                        inner2.progress.send_modify(|p| p.applying = version)
+                    });
+                let reply = s.push_observed(push, &publisher);
+                publisher.finish(|| match &reply {
+                    Ok(_) => s.pull(&[]).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                });
+                reply
+            })
             .await?;
         tracing::debug!(
             job = %header.job_id,
@@ -429,4 +615,97 @@ pub async fn serve_with(
         .add_service(crate::raw_pull::PsHttp::new(service))
         .serve_with_incoming_shutdown(psflow_proto::net::incoming(listener), shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::StepObserver;
+    use psflow_kernels::Tensor;
+
+    fn t(v: f32) -> Tensor {
+        Tensor::new(vec![1], vec![v]).unwrap()
+    }
+
+    fn pull_request(names: &[&str], min_version: u64) -> pb::PullRequest {
+        pb::PullRequest {
+            job_id: "job".into(),
+            names: names.iter().map(|s| s.to_string()).collect(),
+            min_version,
+            deadline_ms: 5_000,
+        }
+    }
+
+    /// A service holding a shard of `a`, `b` and `c`, a step making
+    /// version 1 begun on it (as a push that completes a sync step does).
+    fn service_applying() -> (PsService, Arc<std::collections::HashSet<String>>) {
+        let service = PsService::default();
+        let vars = ["a", "b", "c"].map(|n| (n.to_string(), t(0.0))).to_vec();
+        let shard = Shard::new(ShardConfig::new("job", 1.0, 1), vars).unwrap();
+        let names = shard.variable_names().clone();
+        *service.inner.lock() = Some(shard);
+        (service, names)
+    }
+
+    #[tokio::test]
+    async fn a_pull_for_the_version_being_applied_gets_each_value_as_it_is_made() {
+        let (service, names) = service_applying();
+        let inner = service.inner.clone();
+        let publisher = Publisher::new(&inner.fresh, "job", names, |v| {
+            inner.progress.send_modify(|p| p.applying = v)
+        });
+        let pull = {
+            let service = service.clone();
+            tokio::spawn(async move { service.pull_values(&pull_request(&["b", "a"], 1)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!pull.is_finished(), "nothing of version 1 exists yet");
+        publisher.begin(1);
+        let answer = pull.await.unwrap().unwrap();
+        assert!(matches!(answer, PullAnswer::Streaming { .. }));
+        let (version, batches) = service.pull_batches("job".into(), answer);
+        assert_eq!(version, 1);
+        let mut batches = Box::pin(batches);
+        // `b` first, as asked; `a` alone is not enough.
+        publisher.updated("a", &t(1.0));
+        let first = tokio::time::timeout(Duration::from_millis(50), batches.next()).await;
+        assert!(first.is_err(), "a batch came before `b` was made");
+        publisher.updated("b", &t(2.0));
+        let batch = batches.next().await.unwrap().unwrap();
+        assert_eq!(
+            batch,
+            [("b".to_string(), t(2.0)), ("a".to_string(), t(1.0))]
+        );
+        assert!(batches.next().await.is_none());
+        publisher.finish(|| Ok(vec![]));
+        // A pull of every variable (no names) waits for the version itself.
+        let whole = tokio::time::timeout(
+            Duration::from_millis(50),
+            service.pull_values(&pull_request(&[], 1)),
+        )
+        .await;
+        assert!(whole.is_err(), "version 1 is not complete");
+    }
+
+    #[tokio::test]
+    async fn a_step_that_fails_while_streamed_fails_the_pull() {
+        let (service, names) = service_applying();
+        let inner = service.inner.clone();
+        let publisher = Publisher::new(&inner.fresh, "job", names, |v| {
+            inner.progress.send_modify(|p| p.applying = v)
+        });
+        publisher.begin(1);
+        let answer = service
+            .pull_values(&pull_request(&["a", "c"], 1))
+            .await
+            .unwrap();
+        let (_, batches) = service.pull_batches("job".into(), answer);
+        let mut batches = Box::pin(batches);
+        publisher.updated("a", &t(1.0));
+        assert_eq!(batches.next().await.unwrap().unwrap().len(), 1);
+        publisher.finish(|| Err("the optimizer failed".into()));
+        let e = batches.next().await.unwrap().unwrap_err();
+        assert!(e.message().contains("the optimizer failed"), "{e}");
+        assert!(batches.next().await.is_none());
+    }
 }

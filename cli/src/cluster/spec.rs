@@ -6,6 +6,7 @@ use psflow_graph::zoo::Architecture;
 use psflow_proto::coordinator as pb;
 use psflow_proto::worker::DataSpec;
 use psflow_ps::{Mode, ShardConfig};
+use psflow_worker::task::step::PushBatch;
 use serde_json::json;
 
 use crate::trainer::{RunConfig, Trainer};
@@ -16,6 +17,8 @@ pub struct ClusterShape {
     pub workers: u32,
     pub ps: u32,
     pub mode: Mode,
+    /// When the workers push their gradients.
+    pub push_batch: PushBatch,
 }
 
 /// The job spec of `cfg` as built by `trainer`, stopping at global step
@@ -109,6 +112,7 @@ pub fn job_spec(
         }),
         split_threshold: 0,
         moving_average_decay: cfg.moving_average_decay.unwrap_or(0.0),
+        push_batch_bytes: shape.push_batch.to_proto(),
     })
 }
 

@@ -10,6 +10,7 @@ use clap::Args;
 use psflow_proto::coordinator::{self as pb, job_event::Kind, JobState};
 use psflow_ps::Mode;
 use psflow_worker::run::ProgressMode;
+use psflow_worker::task::step::PushBatch;
 use serde_json::{json, Value};
 
 use super::train::JobArgs;
@@ -47,6 +48,12 @@ pub struct SubmitArgs {
     /// Sync mode: apply a step once all but this many workers pushed it.
     #[arg(long, default_value_t = 0)]
     pub backup_workers: u32,
+    /// When workers push gradients: `step` (all at once when the step has
+    /// produced them), a batch size such as `256KiB` (while the backward
+    /// pass runs), or `auto` (`step` for CPU workers whose shards are on
+    /// loopback addresses, else 256KiB).
+    #[arg(long, default_value = "auto")]
+    pub push_batch: PushBatch,
     /// Skip the final evaluation on the test split.
     #[arg(long)]
     pub no_eval: bool,
@@ -222,6 +229,7 @@ pub fn run_submit(args: &SubmitArgs) -> CmdResult {
             workers: args.workers,
             ps: args.ps,
             mode,
+            push_batch: args.push_batch,
         },
         total,
         steps_per_epoch,

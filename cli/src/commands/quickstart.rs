@@ -3,6 +3,7 @@
 //! loopback — training MobileNet α=0.25 on the generated `synthetic`
 //! dataset, with a progress bar and a final table.
 
+use psflow_worker::task::step::PushBatch;
 use std::path::PathBuf;
 
 use anyhow::anyhow;
@@ -89,6 +90,7 @@ pub fn run(args: &QuickstartArgs) -> Result<(), (bool, anyhow::Error)> {
                 workers: args.workers,
                 backup: 0,
             },
+            push_batch: PushBatch::Auto,
         },
         total: args.steps,
         steps_per_epoch,

@@ -20,6 +20,7 @@ use psflow_worker::run::{
     Checkpointer, EventWriter, LossPlot, MetricsAccumulator, ProgressMode, RunDir, StepReport,
     TrainProgress, TrainSummary,
 };
+use psflow_worker::task::step::PushBatch;
 use serde_json::json;
 
 use crate::trainer::{load_latest, moving_average_flag, RunConfig, Trainer};
@@ -139,6 +140,12 @@ pub struct TrainArgs {
     /// Cluster, sync mode: apply a step once all but this many workers pushed it.
     #[arg(long, default_value_t = 0)]
     pub backup_workers: u32,
+    /// Cluster: when workers push gradients: `step` (all at once when the
+    /// step has produced them), a batch size such as `256KiB` (while the
+    /// backward pass runs), or `auto` (`step` for CPU workers whose shards
+    /// are on loopback addresses, as here; else 256KiB).
+    #[arg(long, default_value = "auto")]
+    pub push_batch: PushBatch,
 }
 
 fn parse_arch(s: &str) -> Result<Architecture, String> {

@@ -64,7 +64,12 @@ pub fn run(args: &TrainArgs, cfg: RunConfig) -> Result<(), (bool, anyhow::Error)
     };
     let run = ClusterRun {
         cfg: &cfg,
-        shape: ClusterShape { workers, ps, mode },
+        shape: ClusterShape {
+            workers,
+            ps,
+            mode,
+            push_batch: args.push_batch,
+        },
         total,
         steps_per_epoch,
         out: Some(args.out.clone()),

@@ -261,6 +261,7 @@ pub fn prepare(job_id: &str, spec: &JobSpec) -> Result<Prepared> {
         } as i32,
         data: Some(data.clone()),
         pull_timeout_ms: 0,
+        push_batch_bytes: spec.push_batch_bytes,
     };
     let eval = match &spec.inference_graph {
         None => None,

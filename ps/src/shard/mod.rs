@@ -9,7 +9,8 @@
 mod aggregate;
 pub mod optim;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use psflow_kernels::{DType, Tensor};
 use psflow_proto::ps::{PushOutcome, TensorRole};
@@ -99,6 +100,25 @@ pub struct VariableInfo {
     pub slot_bytes: u64,
 }
 
+/// Told about a sync step's new values while the step is applied, so that
+/// pulls waiting for its version can send each variable as soon as it has
+/// its new value instead of after the whole step.
+pub trait StepObserver: Sync {
+    /// The step that makes `version` begins.
+    fn begin(&self, version: u64);
+    /// `name` has its value of the version being made (called from the
+    /// kernel threads, in parallel).
+    fn updated(&self, name: &str, value: &Tensor);
+}
+
+/// An observer that does nothing.
+pub struct NoObserver;
+
+impl StepObserver for NoObserver {
+    fn begin(&self, _: u64) {}
+    fn updated(&self, _: &str, _: &Tensor) {}
+}
+
 pub struct Shard {
     config: ShardConfig,
     version: u64,
@@ -106,6 +126,11 @@ pub struct Shard {
     step: Option<Step>,
     adam: Option<AdamPowers>,
     counters: Counters,
+    /// Where each variable comes in the order workers pull them (set by
+    /// [`Shard::set_pull_order`]): a sync step updates them in that order,
+    /// so the first ones a worker's next step needs are ready first.
+    pull_rank: HashMap<String, usize>,
+    names: Arc<HashSet<String>>,
 }
 
 impl Shard {
@@ -138,9 +163,11 @@ impl Shard {
             version: config.version,
             adam: AdamPowers::new(&config.optimizer),
             config,
-            vars,
             step: None,
             counters: Counters::default(),
+            pull_rank: HashMap::new(),
+            names: Arc::new(vars.keys().cloned().collect()),
+            vars,
         })
     }
 
@@ -168,6 +195,29 @@ impl Shard {
     /// A variable's current value.
     pub fn value(&self, name: &str) -> Option<&Tensor> {
         self.vars.get(name).map(|v| &v.value)
+    }
+
+    /// The names of the shard's variables.
+    pub fn variable_names(&self) -> &Arc<HashSet<String>> {
+        &self.names
+    }
+
+    /// Makes sync steps update the variables in the order of `names` (a
+    /// pull's), those not named last. Keeps the order when `names` is the
+    /// same as before.
+    pub fn set_pull_order(&mut self, names: &[String]) {
+        let same = names.len() == self.pull_rank.len()
+            && names
+                .iter()
+                .enumerate()
+                .all(|(i, n)| self.pull_rank.get(n) == Some(&i));
+        if !same {
+            self.pull_rank = names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.clone(), i))
+                .collect();
+        }
     }
 
     /// A variable's optimizer slots, named as TF1 names them.
@@ -242,16 +292,21 @@ impl Shard {
             ));
         }
         self.config.mode = Mode::Sync { workers, backup };
-        self.maybe_apply_step()
+        self.maybe_apply_step(&NoObserver)
     }
 
     /// Applies, accumulates or drops one push. A push that is refused
     /// (unknown variable, wrong shape or dtype, a duplicate) changes
     /// nothing.
     pub fn push(&mut self, push: Push) -> Result<PushReply> {
+        self.push_observed(push, &NoObserver)
+    }
+
+    /// [`Shard::push`], telling `observer` about a sync step it applies.
+    pub fn push_observed(&mut self, push: Push, observer: &dyn StepObserver) -> Result<PushReply> {
         self.check(&push)?;
         match self.config.mode {
-            Mode::Sync { .. } => self.push_sync(push),
+            Mode::Sync { .. } => self.push_sync(push, observer),
             Mode::Async => self.push_async(push),
             Mode::Bounded { staleness } => {
                 let lag = self.version - push.base_version;
@@ -349,7 +404,7 @@ impl Shard {
         Ok(())
     }
 
-    fn push_sync(&mut self, push: Push) -> Result<PushReply> {
+    fn push_sync(&mut self, push: Push, observer: &dyn StepObserver) -> Result<PushReply> {
         if push.base_version < self.version {
             self.counters.pushes_dropped_late += 1;
             return Ok(self.reply(
@@ -369,7 +424,7 @@ impl Shard {
             step.done.insert(push.worker);
         }
         self.counters.pushes_accepted += 1;
-        let outcome = if self.maybe_apply_step()? {
+        let outcome = if self.maybe_apply_step(observer)? {
             PushOutcome::Applied
         } else {
             PushOutcome::Accepted
@@ -378,7 +433,7 @@ impl Shard {
     }
 
     /// Applies the open step if enough workers finished it.
-    fn maybe_apply_step(&mut self) -> Result<bool> {
+    fn maybe_apply_step(&mut self, observer: &dyn StepObserver) -> Result<bool> {
         let Mode::Sync { workers, backup } = self.config.mode else {
             return Ok(false);
         };
@@ -391,12 +446,8 @@ impl Shard {
         }
         let step = self.step.take().expect("checked above");
         let lr = self.config.schedule.at(step.step);
-        self.apply_gradients(step.grads, lr)?;
-        for (name, acc) in step.assigns {
-            let var = self.vars.get_mut(&name).expect("checked on push");
-            let shape = var.value.shape().to_vec();
-            var.value = Tensor::new(shape, acc.into_mean()).expect("checked on push");
-        }
+        observer.begin(self.version + 1);
+        self.apply_step(step.grads, step.assigns, lr, observer)?;
         self.finish_step();
         Ok(true)
     }
@@ -418,20 +469,42 @@ impl Shard {
         Ok(self.reply(PushOutcome::Applied, String::new()))
     }
 
-    /// Applies the step's averaged gradients, the variables in parallel
-    /// (each one's update is itself split over the kernel threads when it
-    /// is large): most of a model's ~140 variables are too small to split.
-    fn apply_gradients(&mut self, mut grads: BTreeMap<String, Acc>, lr: f32) -> Result<()> {
+    /// Applies the step's averaged gradients, then its averaged assigned
+    /// values, variable by variable in the pull order, the variables in
+    /// parallel (each one's update is itself split over the kernel threads
+    /// when it is large): most of a model's ~140 variables are too small
+    /// to split. Each variable is given to `observer` once it is done.
+    fn apply_step(
+        &mut self,
+        mut grads: BTreeMap<String, Acc>,
+        mut assigns: BTreeMap<String, Acc>,
+        lr: f32,
+        observer: &dyn StepObserver,
+    ) -> Result<()> {
         let (optimizer, adam) = (self.config.optimizer, self.adam);
+        let rank = &self.pull_rank;
         // Every pushed name is a variable (checked on push).
-        let work: Vec<(&String, &mut Variable, Acc)> = self
+        let mut work: Vec<_> = self
             .vars
             .iter_mut()
-            .filter_map(|(name, var)| grads.remove(name).map(|acc| (name, var, acc)))
+            .filter_map(|(name, var)| {
+                let (g, a) = (grads.remove(name), assigns.remove(name));
+                (g.is_some() || a.is_some()).then_some((name, var, g, a))
+            })
             .collect();
-        work.into_par_iter().try_for_each(|(name, var, acc)| {
-            var.update(&optimizer, name, &acc.into_mean(), lr, adam)
-        })
+        work.sort_by_key(|(name, ..)| rank.get(*name).copied().unwrap_or(usize::MAX));
+        work.into_par_iter()
+            .try_for_each(|(name, var, grad, assign)| {
+                if let Some(g) = grad {
+                    var.update(&optimizer, name, &g.into_mean(), lr, adam)?;
+                }
+                if let Some(a) = assign {
+                    let shape = var.value.shape().to_vec();
+                    var.value = Tensor::new(shape, a.into_mean()).expect("checked on push");
+                }
+                observer.updated(name, &var.value);
+                Ok(())
+            })
     }
 
     fn apply_gradient(&mut self, name: &str, grad: &[f32], lr: f32) -> Result<()> {

@@ -199,3 +199,68 @@ fn without_averages_there_is_nothing_to_pull() {
     s.push(push(0, 0, false, vec![grad("w", &[1.0])])).unwrap();
     assert!(s.pull(&["w/ExponentialMovingAverage".into()]).is_err());
 }
+
+/// Records what a [`StepObserver`] is told.
+#[derive(Default)]
+struct Recorder {
+    began: std::sync::Mutex<Vec<u64>>,
+    updated: std::sync::Mutex<Vec<(String, Tensor)>>,
+}
+
+impl StepObserver for Recorder {
+    fn begin(&self, version: u64) {
+        self.began.lock().unwrap().push(version);
+    }
+
+    fn updated(&self, name: &str, value: &Tensor) {
+        self.updated
+            .lock()
+            .unwrap()
+            .push((name.to_string(), value.clone()));
+    }
+}
+
+#[test]
+fn an_observer_sees_each_variable_of_a_step_with_its_new_value() {
+    let mode = Mode::Sync {
+        workers: 2,
+        backup: 0,
+    };
+    let vars = vec![
+        ("a".into(), t(&[1.0])),
+        ("b".into(), t(&[2.0])),
+        ("stat".into(), t(&[0.0])),
+        ("untouched".into(), t(&[5.0])),
+    ];
+    let mut s = Shard::new(sgd(mode), vars).unwrap();
+    s.set_pull_order(&["stat".into(), "b".into(), "a".into()]);
+    let rec = Recorder::default();
+    let assign = |v: f32| Received {
+        name: "stat".into(),
+        role: TensorRole::Assign,
+        value: t(&[v]),
+    };
+    // The first worker's push completes nothing: nothing begins.
+    let first = vec![grad("a", &[1.0]), grad("b", &[2.0]), assign(4.0)];
+    s.push_observed(push(0, 0, false, first), &rec).unwrap();
+    assert!(rec.began.lock().unwrap().is_empty());
+    let second = vec![grad("a", &[3.0]), grad("b", &[0.0]), assign(2.0)];
+    let reply = s.push_observed(push(1, 0, false, second), &rec).unwrap();
+    assert_eq!(reply.outcome, PushOutcome::Applied);
+    assert_eq!(*rec.began.lock().unwrap(), [1]);
+    let mut seen = rec.updated.lock().unwrap().clone();
+    seen.sort_by(|x, y| x.0.cmp(&y.0));
+    // Each value as the step left it: the variables' new values, the
+    // assigned statistic's mean; the variable no push named is not told.
+    assert_eq!(
+        seen,
+        [
+            ("a".to_string(), t(&[-1.0])),
+            ("b".to_string(), t(&[1.0])),
+            ("stat".to_string(), t(&[3.0])),
+        ]
+    );
+    for (name, value) in &seen {
+        assert_eq!(s.value(name).unwrap(), value, "{name}");
+    }
+}

@@ -31,7 +31,7 @@ use psflow_kernels::cuda::CudaDevice;
 use psflow_kernels::Tensor;
 use psflow_proto::ps::{PushOutcome, TensorRole};
 use psflow_proto::worker::{SyncMode, TaskProgress, TaskSpec};
-use psflow_ps::PsClient;
+use psflow_ps::{PsClient, PushReply};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -57,12 +57,118 @@ struct ShardWork {
 }
 
 /// Bytes of pushed tensors gathered before they are handed to the push
-/// task together (or fewer, with the shard's last tensor). Handing each
-/// gradient over on its own woke the push task, h2 and the shard's
-/// receiving task for every one of ~80 tensors a step; the shard applies
-/// nothing before the push ends, so holding them back costs nothing but
-/// the last batch's few hundred kilobytes at the end.
+/// task together (or fewer, with the shard's last tensor), when pushes
+/// overlap the backward pass. Handing each gradient over on its own woke
+/// the push task, h2 and the shard's receiving task for every one of ~80
+/// tensors a step; the shard applies nothing before the push ends, so
+/// holding them back costs nothing but the last batch's few hundred
+/// kilobytes at the end.
 pub const PUSH_BATCH_BYTES: usize = 256 << 10;
+
+/// When a worker hands the tensors it pushes to a shard's push call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PushBatch {
+    /// [`PushBatch::Step`] for a CPU worker whose shards are all on this
+    /// host (loopback addresses); batches of [`PUSH_BATCH_BYTES`]
+    /// otherwise.
+    #[default]
+    Auto,
+    /// All at once, when the step has produced the shard's last tensor.
+    /// Sending over loopback is CPU work on the cores the backward pass
+    /// uses: overlapped with it, the network threads preempt the kernel
+    /// threads, and a preempted thread holds up the other at every join.
+    Step,
+    /// In batches of at least this many bytes, as the backward pass
+    /// produces them: the transfer overlaps the computation, which pays
+    /// when the shard is across a network (wire time, little CPU).
+    Bytes(u64),
+}
+
+impl PushBatch {
+    /// From `TaskSpec.push_batch_bytes`.
+    pub fn from_proto(v: u64) -> PushBatch {
+        match v {
+            0 => PushBatch::Auto,
+            u64::MAX => PushBatch::Step,
+            n => PushBatch::Bytes(n),
+        }
+    }
+
+    pub fn to_proto(self) -> u64 {
+        match self {
+            PushBatch::Auto => 0,
+            PushBatch::Step => u64::MAX,
+            PushBatch::Bytes(n) => n,
+        }
+    }
+
+    /// Bytes gathered before a batch goes (`usize::MAX`: the whole step),
+    /// for a worker on the GPU or not whose shards are at `addrs`.
+    pub fn bytes(self, gpu: bool, addrs: &[&str]) -> usize {
+        match self {
+            PushBatch::Auto if !gpu && addrs.iter().all(|a| is_loopback(a)) => usize::MAX,
+            PushBatch::Auto => PUSH_BATCH_BYTES,
+            PushBatch::Step => usize::MAX,
+            PushBatch::Bytes(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+impl std::str::FromStr for PushBatch {
+    type Err = String;
+
+    /// `auto`, `step`, or a size: bytes, or a number with `KiB` or `MiB`.
+    fn from_str(s: &str) -> std::result::Result<PushBatch, String> {
+        let bad = || format!("{s:?}: expected auto, step, or a size such as 256KiB or 1MiB");
+        match s {
+            "auto" => return Ok(PushBatch::Auto),
+            "step" => return Ok(PushBatch::Step),
+            _ => {}
+        }
+        let (number, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+            Some(i) => s.split_at(i),
+            None => (s, ""),
+        };
+        let unit = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            _ => return Err(bad()),
+        };
+        match number.parse::<u64>() {
+            Ok(n) if n > 0 => n
+                .checked_mul(unit)
+                .filter(|&b| b < u64::MAX)
+                .map(PushBatch::Bytes)
+                .ok_or_else(bad),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl std::fmt::Display for PushBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PushBatch::Auto => f.write_str("auto"),
+            PushBatch::Step => f.write_str("step"),
+            PushBatch::Bytes(n) if n % (1 << 20) == 0 => write!(f, "{}MiB", n >> 20),
+            PushBatch::Bytes(n) if n % (1 << 10) == 0 => write!(f, "{}KiB", n >> 10),
+            PushBatch::Bytes(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// Whether `addr` (`host:port`, optionally `http://`) names this host by a
+/// loopback address or `localhost`.
+fn is_loopback(addr: &str) -> bool {
+    let hostport = addr.split_once("://").map_or(addr, |(_, rest)| rest);
+    let hostport = hostport.trim_end_matches('/');
+    if let Ok(sa) = hostport.parse::<std::net::SocketAddr>() {
+        return sa.ip().is_loopback();
+    }
+    let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
+    host.eq_ignore_ascii_case("localhost")
+}
 
 /// Pushed tensors of one shard not yet handed to its push task.
 #[derive(Default)]
@@ -92,6 +198,9 @@ struct StepState {
 struct StepRendezvous {
     /// `_Send` key → (shard, index into the shard's pushes).
     pushes: HashMap<RendezvousKey, (usize, usize)>,
+    /// Bytes gathered before a batch goes to its push call (see
+    /// [`PushBatch::bytes`]).
+    batch_bytes: usize,
     current: Mutex<Option<Arc<StepState>>>,
 }
 
@@ -128,7 +237,7 @@ impl Rendezvous for StepRendezvous {
                     p.bytes += value.nbytes();
                     p.seen += 1;
                     p.items.push((i, value));
-                    if p.bytes >= PUSH_BATCH_BYTES || p.seen == state.totals[shard] {
+                    if p.bytes >= self.batch_bytes || p.seen == state.totals[shard] {
                         p.bytes = 0;
                         Some(std::mem::take(&mut p.items))
                     } else {
@@ -207,6 +316,27 @@ impl Drop for Calls {
             .local
             .abort("the step was stopped before its tensors arrived");
     }
+}
+
+/// A step whose graph has run, waiting for its pushes' replies.
+struct Pushes {
+    /// Its report, but for what the replies say.
+    report: TaskProgress,
+    /// Per shard: the push's reply and the bytes pushed.
+    replies: Vec<oneshot::Receiver<Result<(PushReply, u64)>>>,
+    began: Instant,
+    /// Its calls, stopped if the task stops before the replies come.
+    _calls: Calls,
+}
+
+/// What a step leaves for the next.
+struct StepOut {
+    /// Reports of the steps now finished, in order.
+    reports: Vec<TaskProgress>,
+    /// This step, if its pushes' replies are still to come (sync mode).
+    pushes: Option<Pushes>,
+    /// The next step's pulls, if already opened (sync mode).
+    next: Option<Pulls>,
 }
 
 /// Where a task's steps compute.
@@ -351,8 +481,24 @@ impl Task {
             shards[s].pushes.push((p.stored.clone(), role));
             targets.push(p.send_node.clone());
         }
+        let addrs: Vec<&str> = spec.shards.iter().map(|s| s.addr.as_str()).collect();
+        let push_batch = PushBatch::from_proto(spec.push_batch_bytes);
+        let batch_bytes = push_batch.bytes(gpu.is_some(), &addrs);
+        tracing::info!(
+            job = spec.job_id,
+            worker = spec.worker,
+            push_batch = %push_batch,
+            batch_bytes = (batch_bytes != usize::MAX).then_some(batch_bytes),
+            "pushes go {}",
+            if batch_bytes == usize::MAX {
+                "once the step has produced each shard's tensors"
+            } else {
+                "in batches while the backward pass runs"
+            }
+        );
         let rendezvous = Arc::new(StepRendezvous {
             pushes: push_keys,
+            batch_bytes,
             current: Mutex::new(None),
         });
 
@@ -422,15 +568,25 @@ impl Task {
     pub async fn run(self, progress: mpsc::Sender<TaskProgress>) -> Result<()> {
         let mut bytes = (0u64, 0u64);
         let mut next = None;
+        let mut pending = None;
         for step in self.spec.start_step..self.spec.end_step {
             let pulls = match next.take() {
                 Some(p) => p,
                 None => self.start_pulls(step),
             };
-            let r = self.step(step, pulls, &mut bytes).await;
+            let r = self.step(step, pulls, pending.take(), &mut bytes).await;
             self.rendezvous.end();
-            let (report, pulls) = r?;
-            next = pulls;
+            let out = r?;
+            next = out.next;
+            pending = out.pushes;
+            for report in out.reports {
+                if progress.send(report).await.is_err() {
+                    return Err(TaskError::Cancelled);
+                }
+            }
+        }
+        if let Some(p) = pending {
+            let report = self.finish_pushes(p, &mut bytes).await?;
             if progress.send(report).await.is_err() {
                 return Err(TaskError::Cancelled);
             }
@@ -444,6 +600,35 @@ impl Task {
             ..Default::default()
         };
         progress.send(last).await.map_err(|_| TaskError::Cancelled)
+    }
+
+    /// Waits for the replies to a step's pushes; its report, with what
+    /// they said.
+    async fn finish_pushes(&self, p: Pushes, bytes: &mut (u64, u64)) -> Result<TaskProgress> {
+        let Pushes {
+            mut report,
+            replies,
+            began,
+            _calls,
+        } = p;
+        let mut events = Vec::new();
+        for (rx, s) in replies.into_iter().zip(&self.shards) {
+            let (reply, n) = rx
+                .await
+                .map_err(|_| TaskError::Internal("a push of this step vanished".into()))??;
+            bytes.1 += n;
+            if matches!(
+                reply.outcome,
+                PushOutcome::DroppedLate | PushOutcome::DroppedStale
+            ) {
+                events.push(format!("shard {}: {}", s.index, reply.message));
+            }
+        }
+        report.event = events.join("; ");
+        report.bytes_pulled = bytes.0;
+        report.bytes_pushed = bytes.1;
+        report.seconds = began.elapsed().as_secs_f64();
+        Ok(report)
     }
 
     /// Opens the pulls of `step`: one stream per shard, whose tensors wait
@@ -549,15 +734,18 @@ impl Task {
 
     /// One step (see the module docs) on its opened `pulls`; adds the bytes
     /// pulled and pushed. In sync mode, once the graph has run (every
-    /// gradient is on its way), opens the next step's pulls before waiting
-    /// for the pushes' replies: the shards stream the next version as soon
-    /// as they have applied this one, without another round trip.
+    /// gradient is on its way), opens the next step's pulls and returns
+    /// without waiting for the pushes' replies: the shards stream the next
+    /// version as they apply this one, and the next step's graph starts on
+    /// its first values while the replies to `prev`, the step before it,
+    /// are awaited (a failed push fails the step after it).
     async fn step(
         &self,
         step: u64,
         pulls: Pulls,
+        prev: Option<Pushes>,
         bytes: &mut (u64, u64),
-    ) -> Result<(TaskProgress, Option<Pulls>)> {
+    ) -> Result<StepOut> {
         let began = Instant::now();
         let sync = self.spec.mode() == SyncMode::Sync;
         let pipeline = self.pipeline.clone();
@@ -661,7 +849,13 @@ impl Task {
         let session = self.session.clone();
         let fetches = self.fetches.clone();
         let targets = self.targets.clone();
-        let run = tokio::task::spawn_blocking(move || session.run(&feeds, &fetches, &targets))
+        let run = tokio::task::spawn_blocking(move || session.run(&feeds, &fetches, &targets));
+        // The step before ends while this one computes.
+        let mut reports = Vec::with_capacity(2);
+        if let Some(p) = prev {
+            reports.push(self.finish_pushes(p, bytes).await?);
+        }
+        let run = run
             .await
             .map_err(|e| TaskError::Internal(format!("the step panicked: {e}")))?;
         if let Err(e) = run {
@@ -694,15 +888,6 @@ impl Task {
         }
         let (correct, _) = count_correct(&out[3], &label_values)?;
 
-        let mut replies = Vec::with_capacity(pushed.len());
-        for rx in pushed {
-            let (reply, n) = rx
-                .await
-                .map_err(|_| TaskError::Internal("a push of this step vanished".into()))??;
-            replies.push(reply);
-            bytes.1 += n;
-        }
-        drop(calls);
         // Where the step's time went, for `PSFLOW_LOG=psflow_worker=debug`.
         tracing::debug!(
             step,
@@ -713,36 +898,75 @@ impl Task {
                 .map_or(f64::NAN, |t| ms(t.saturating_duration_since(began))),
             run_end_ms = ms(computed),
             pulls_done_ms = ms(pulls_done),
-            total_ms = ms(began.elapsed()),
             "step timeline"
         );
-        let event = replies
-            .iter()
-            .zip(&self.shards)
-            .filter(|(r, _)| {
-                matches!(
-                    r.outcome,
-                    PushOutcome::DroppedLate | PushOutcome::DroppedStale
-                )
-            })
-            .map(|(r, s)| format!("shard {}: {}", s.index, r.message))
-            .collect::<Vec<_>>()
-            .join("; ");
-        Ok((
-            TaskProgress {
+        let pushes = Pushes {
+            report: TaskProgress {
                 step: step + 1,
                 total_loss: total,
                 cross_entropy_loss: xent,
                 regularization_loss: reg,
                 examples: examples as u32,
                 correct: correct as u32,
-                seconds: began.elapsed().as_secs_f64(),
-                bytes_pulled: bytes.0,
-                bytes_pushed: bytes.1,
-                done: false,
-                event,
+                ..Default::default()
             },
+            replies: pushed,
+            began,
+            _calls: calls,
+        };
+        if sync {
+            return Ok(StepOut {
+                reports,
+                pushes: Some(pushes),
+                next,
+            });
+        }
+        // Async modes pull the next step after this one's pushes applied.
+        reports.push(self.finish_pushes(pushes, bytes).await?);
+        Ok(StepOut {
+            reports,
+            pushes: None,
             next,
-        ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_batch_parses_and_prints_its_forms() {
+        for (text, want) in [
+            ("auto", PushBatch::Auto),
+            ("step", PushBatch::Step),
+            ("256KiB", PushBatch::Bytes(256 << 10)),
+            ("1MiB", PushBatch::Bytes(1 << 20)),
+            ("1000", PushBatch::Bytes(1000)),
+        ] {
+            let got: PushBatch = text.parse().unwrap();
+            assert_eq!(got, want, "{text}");
+            assert_eq!(got.to_string(), text);
+            assert_eq!(PushBatch::from_proto(got.to_proto()), got);
+        }
+        for bad in ["", "0", "1GiB", "-5", "lots", "12 KB"] {
+            let e = bad.parse::<PushBatch>().unwrap_err();
+            assert!(e.contains("expected auto, step, or a size"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn auto_holds_pushes_for_the_step_only_for_cpu_workers_on_loopback() {
+        let local = ["127.0.0.1:7000", "http://[::1]:7001", "localhost:7002"];
+        assert_eq!(PushBatch::Auto.bytes(false, &local), usize::MAX);
+        assert_eq!(PushBatch::Auto.bytes(true, &local), PUSH_BATCH_BYTES);
+        let mixed = ["127.0.0.1:7000", "10.0.0.7:7000"];
+        assert_eq!(PushBatch::Auto.bytes(false, &mixed), PUSH_BATCH_BYTES);
+        assert_eq!(
+            PushBatch::Auto.bytes(false, &["ps-0.cluster:7000"]),
+            PUSH_BATCH_BYTES
+        );
+        assert_eq!(PushBatch::Step.bytes(true, &mixed), usize::MAX);
+        assert_eq!(PushBatch::Bytes(4096).bytes(false, &local), 4096);
     }
 }
