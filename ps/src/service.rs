@@ -152,8 +152,8 @@ impl PsService {
     pub async fn pull_values(&self, req: &pb::PullRequest) -> Result<PullAnswer, Status> {
         let inner = &self.inner;
         inner.remember_pull_order(&req.names);
-        let deadline =
-            Instant::now() + Duration::from_millis(req.deadline_ms.min(MAX_PULL_WAIT_MS));
+        let wait_ms = req.deadline_ms.min(MAX_PULL_WAIT_MS);
+        let deadline = Instant::now() + Duration::from_millis(wait_ms);
         // A step being applied holds the shard lock: look for its values
         // first, without the lock.
         if let Some(answer) = inner.streaming(req, deadline) {
@@ -163,7 +163,6 @@ impl PsService {
         let generation =
             inner.with_shard(&req.job_id, |_| Ok(inner.progress.borrow().generation))?;
         let mut rx = inner.progress.subscribe();
-        let wait_ms = req.deadline_ms.min(MAX_PULL_WAIT_MS);
         let reached = |p: &Progress| {
             p.generation != generation
                 || p.version >= req.min_version
@@ -636,6 +635,13 @@ mod tests {
         }
     }
 
+    /// Whether `s` yields nothing for 50 ms.
+    async fn quiet<S: Stream + Unpin>(s: &mut S) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), s.next())
+            .await
+            .is_err()
+    }
+
     /// A service holding a shard of `a`, `b` and `c`, a step making
     /// version 1 begun on it (as a push that completes a sync step does).
     fn service_applying() -> (PsService, Arc<std::collections::HashSet<String>>) {
@@ -656,7 +662,11 @@ mod tests {
         });
         let pull = {
             let service = service.clone();
-            tokio::spawn(async move { service.pull_values(&pull_request(&["b", "a"], 1)).await })
+            tokio::spawn(async move {
+                service
+                    .pull_values(&pull_request(&["b", "a", "c"], 1))
+                    .await
+            })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!pull.is_finished(), "nothing of version 1 exists yet");
@@ -668,16 +678,22 @@ mod tests {
         let mut batches = Box::pin(batches);
         // `b` first, as asked; `a` alone is not enough.
         publisher.updated("a", &t(1.0));
-        let first = tokio::time::timeout(Duration::from_millis(50), batches.next()).await;
-        assert!(first.is_err(), "a batch came before `b` was made");
+        assert!(
+            quiet(&mut batches).await,
+            "a batch came before `b` was made"
+        );
         publisher.updated("b", &t(2.0));
         let batch = batches.next().await.unwrap().unwrap();
         assert_eq!(
             batch,
             [("b".to_string(), t(2.0)), ("a".to_string(), t(1.0))]
         );
+        // `c` comes with the step's end.
+        assert!(quiet(&mut batches).await, "nothing is ready");
+        publisher.finish(|| Ok(vec![("c".to_string(), t(3.0))]));
+        let batch = batches.next().await.unwrap().unwrap();
+        assert_eq!(batch, [("c".to_string(), t(3.0))]);
         assert!(batches.next().await.is_none());
-        publisher.finish(|| Ok(vec![]));
         // A pull of every variable (no names) waits for the version itself.
         let whole = tokio::time::timeout(
             Duration::from_millis(50),

@@ -130,6 +130,8 @@ pub struct Shard {
     /// [`Shard::set_pull_order`]): a sync step updates them in that order,
     /// so the first ones a worker's next step needs are ready first.
     pull_rank: HashMap<String, usize>,
+    /// The variables' names, shared with the values of each sync step
+    /// (`crate::fresh`).
     names: Arc<HashSet<String>>,
 }
 
