@@ -12,7 +12,7 @@
 //! place.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use psflow_kernels::Tensor;
 use tokio::sync::watch;
@@ -157,7 +157,7 @@ pub struct Publisher<'a> {
     variables: Arc<HashSet<String>>,
     /// Called when a step begins, with its version.
     on_begin: Box<dyn Fn(u64) + Sync + 'a>,
-    fresh: std::sync::OnceLock<Arc<FreshStep>>,
+    fresh: OnceLock<Arc<FreshStep>>,
     finished: bool,
 }
 
@@ -175,7 +175,7 @@ impl<'a> Publisher<'a> {
             job: job.to_string(),
             variables,
             on_begin: Box::new(on_begin),
-            fresh: std::sync::OnceLock::new(),
+            fresh: OnceLock::new(),
             finished: false,
         }
     }
