@@ -4,10 +4,13 @@
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use http_body_util::BodyExt;
 use psflow_kernels::Tensor;
 use psflow_proto::ps as pb;
 use psflow_proto::ps::parameter_server_client::ParameterServerClient;
 use psflow_proto::ps::{PushOutcome, TensorRole};
+use tonic::codegen::{http, Service};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::ShardConfig;
@@ -15,7 +18,7 @@ use crate::limits::{
     Limits, CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, STREAM_WINDOW_BYTES,
 };
 use crate::shard::PushReply;
-use crate::wire::{decode_framed, encode_framed, pack, Assembler, Start};
+use crate::wire::{decode_framed, encode_push_request, pack, Assembler, Start};
 use crate::{Error, Result};
 
 /// The gRPC path of Push.
@@ -36,7 +39,7 @@ pub struct PsClient {
     inner: ParameterServerClient<Channel>,
     /// The same connection, for Push sent without tonic's encoder.
     channel: Channel,
-    push_uri: tonic::codegen::http::Uri,
+    push_uri: http::Uri,
     addr: String,
     job: String,
     limits: Limits,
@@ -234,7 +237,6 @@ impl PsClient {
         partial: bool,
         batches: impl futures::Stream<Item = Vec<(String, TensorRole, Tensor)>> + Send + 'static,
     ) -> Result<PushReply> {
-        use futures::StreamExt;
         let header = pb::PushRequest {
             header: Some(pb::PushHeader {
                 job_id: self.job.clone(),
@@ -274,22 +276,11 @@ impl PsClient {
         &mut self,
         requests: impl futures::Stream<Item = pb::PushRequest> + Send + 'static,
     ) -> Result<PushReply> {
-        use futures::StreamExt;
-        use http_body_util::BodyExt;
-        use prost::Message;
-        use tonic::codegen::{http, Service};
         let rpc = |status| Error::Rpc { op: "Push", status };
         let transport = |e: tonic::transport::Error| rpc(tonic::Status::from_error(Box::new(e)));
         let frames = requests.flat_map(|r| {
-            // PushRequest.header is field 1, a message.
-            let mut fields = Vec::new();
-            if let Some(h) = &r.header {
-                fields.push((1 << 3) | 2);
-                h.encode_length_delimited(&mut fields)
-                    .expect("a Vec grows as needed");
-            }
             let mut pieces = Vec::new();
-            encode_framed(&fields, r.chunks, &mut pieces);
+            encode_push_request(r.header.as_ref(), r.chunks, &mut pieces);
             futures::stream::iter(
                 pieces
                     .into_iter()

@@ -9,6 +9,7 @@
 //! waiting for a version subscribe to a `watch` channel that every version
 //! change and every Init publishes.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,7 +52,7 @@ struct Inner {
     fresh: fresh::Current,
     /// The names of the last pull (that named any): sync steps update the
     /// variables in this order.
-    pull_order: Mutex<Vec<String>>,
+    pull_order: Mutex<Arc<Vec<String>>>,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
 }
@@ -297,6 +298,15 @@ pub enum PullAnswer {
 }
 
 impl Inner {
+    /// The observer of a push to job `job`'s shard of `variables`: a sync
+    /// step it applies becomes current, marked as being applied, and its
+    /// values go to the pulls waiting for them.
+    fn publisher(&self, job: &str, variables: Arc<HashSet<String>>) -> Publisher<'_> {
+        Publisher::new(&self.fresh, job, variables, |version| {
+            self.progress.send_modify(|p| p.applying = version)
+        })
+    }
+
     /// Keeps the order of a pull's names for the next sync step.
     fn remember_pull_order(&self, names: &[String]) {
         let mut order = self
@@ -304,7 +314,7 @@ impl Inner {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if order.as_slice() != names && !names.is_empty() {
-            *order = names.to_vec();
+            *order = Arc::new(names.to_vec());
         }
     }
 
@@ -499,11 +509,8 @@ impl ParameterServer for PsService {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .clone();
-                s.set_pull_order(&order);
-                let publisher =
-                    Publisher::new(&inner2.fresh, &job, s.variable_names().clone(), |version| {
-                        inner2.progress.send_modify(|p| p.applying = version)
-                    });
+                s.set_pull_order(order);
+                let publisher = inner2.publisher(&job, s.variable_names().clone());
                 let reply = s.push_observed(push, &publisher);
                 publisher.finish(|| match &reply {
                     Ok(_) => s.pull(&[]).map_err(|e| e.to_string()),
@@ -644,7 +651,7 @@ mod tests {
 
     /// A service holding a shard of `a`, `b` and `c`, a step making
     /// version 1 begun on it (as a push that completes a sync step does).
-    fn service_applying() -> (PsService, Arc<std::collections::HashSet<String>>) {
+    fn service_applying() -> (PsService, Arc<HashSet<String>>) {
         let service = PsService::default();
         let vars = ["a", "b", "c"].map(|n| (n.to_string(), t(0.0))).to_vec();
         let shard = Shard::new(ShardConfig::new("job", 1.0, 1), vars).unwrap();
@@ -657,9 +664,7 @@ mod tests {
     async fn a_pull_for_the_version_being_applied_gets_each_value_as_it_is_made() {
         let (service, names) = service_applying();
         let inner = service.inner.clone();
-        let publisher = Publisher::new(&inner.fresh, "job", names, |v| {
-            inner.progress.send_modify(|p| p.applying = v)
-        });
+        let publisher = inner.publisher("job", names);
         let pull = {
             let service = service.clone();
             tokio::spawn(async move {
@@ -707,9 +712,7 @@ mod tests {
     async fn a_step_that_fails_while_streamed_fails_the_pull() {
         let (service, names) = service_applying();
         let inner = service.inner.clone();
-        let publisher = Publisher::new(&inner.fresh, "job", names, |v| {
-            inner.progress.send_modify(|p| p.applying = v)
-        });
+        let publisher = inner.publisher("job", names);
         publisher.begin(1);
         let answer = service
             .pull_values(&pull_request(&["a", "c"], 1))

@@ -8,7 +8,7 @@ use prost::encoding::{encode_varint, encoded_len_varint};
 use prost::Message;
 use psflow_graph::dtype::{dtype_from_proto, dtype_to_proto};
 use psflow_kernels::{DType, Data, Tensor};
-use psflow_proto::ps::{TensorChunk, TensorRole};
+use psflow_proto::ps::{PushHeader, TensorChunk, TensorRole};
 use psflow_proto::tensorflow::DataType;
 use tonic::Status;
 
@@ -214,6 +214,23 @@ pub fn encode_framed(fields: &[u8], chunks: Vec<TensorChunk>, pieces: &mut Vec<B
     if !buf.is_empty() {
         pieces.push(buf.freeze());
     }
+}
+
+/// Appends one length-prefixed `PushRequest { header, chunks }` to
+/// `pieces` (see [`encode_framed`]).
+pub fn encode_push_request(
+    header: Option<&PushHeader>,
+    chunks: Vec<TensorChunk>,
+    pieces: &mut Vec<Bytes>,
+) {
+    // PushRequest.header is field 1, a message.
+    let mut fields = Vec::new();
+    if let Some(h) = header {
+        fields.push((1 << 3) | 2);
+        h.encode_length_delimited(&mut fields)
+            .expect("a Vec grows as needed");
+    }
+    encode_framed(&fields, chunks, pieces);
 }
 
 /// The one length-prefixed message of a unary gRPC body (a request, or a
@@ -606,8 +623,7 @@ mod tests {
 
     #[test]
     fn framed_push_requests_are_the_bytes_prost_writes() {
-        use prost::Message;
-        use psflow_proto::ps::{PushHeader, PushRequest};
+        use psflow_proto::ps::PushRequest;
         let big = Tensor::new(vec![700, 1000], vec![0.5f32; 700_000]).unwrap();
         let small = Tensor::new(vec![2], vec![1i64, -1]).unwrap();
         let messages = pack(
@@ -625,13 +641,8 @@ mod tests {
                 base_version: 41,
                 partial: true,
             });
-            let mut fields = vec![];
-            if let Some(h) = &header {
-                fields.push((1 << 3) | 2);
-                h.encode_length_delimited(&mut fields).unwrap();
-            }
             let mut pieces = vec![];
-            encode_framed(&fields, chunks.clone(), &mut pieces);
+            encode_push_request(header.as_ref(), chunks.clone(), &mut pieces);
             let ours: Vec<u8> = pieces.iter().flat_map(|b| b.iter().copied()).collect();
             let m = PushRequest { header, chunks };
             // The same message and length as prost's (a chunk's data field

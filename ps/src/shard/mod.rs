@@ -130,6 +130,8 @@ pub struct Shard {
     /// [`Shard::set_pull_order`]): a sync step updates them in that order,
     /// so the first ones a worker's next step needs are ready first.
     pull_rank: HashMap<String, usize>,
+    /// The list `pull_rank` was computed from.
+    pull_order: Arc<Vec<String>>,
     /// The variables' names, shared with the values of each sync step
     /// (`crate::fresh`).
     names: Arc<HashSet<String>>,
@@ -168,6 +170,7 @@ impl Shard {
             step: None,
             counters: Counters::default(),
             pull_rank: HashMap::new(),
+            pull_order: Arc::default(),
             names: Arc::new(vars.keys().cloned().collect()),
             vars,
         })
@@ -205,21 +208,18 @@ impl Shard {
     }
 
     /// Makes sync steps update the variables in the order of `names` (a
-    /// pull's), those not named last. Keeps the order when `names` is the
-    /// same as before.
-    pub fn set_pull_order(&mut self, names: &[String]) {
-        let same = names.len() == self.pull_rank.len()
-            && names
-                .iter()
-                .enumerate()
-                .all(|(i, n)| self.pull_rank.get(n) == Some(&i));
-        if !same {
-            self.pull_rank = names
-                .iter()
-                .enumerate()
-                .map(|(i, n)| (n.clone(), i))
-                .collect();
+    /// pull's), those not named last. The ranks are computed again only
+    /// when `names` is another list than the last one given.
+    pub fn set_pull_order(&mut self, names: Arc<Vec<String>>) {
+        if Arc::ptr_eq(&names, &self.pull_order) {
+            return;
         }
+        self.pull_rank = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i))
+            .collect();
+        self.pull_order = names;
     }
 
     /// A variable's optimizer slots, named as TF1 names them.

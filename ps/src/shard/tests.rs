@@ -233,7 +233,7 @@ fn an_observer_sees_each_variable_of_a_step_with_its_new_value() {
         ("untouched".into(), t(&[5.0])),
     ];
     let mut s = Shard::new(sgd(mode), vars).unwrap();
-    s.set_pull_order(&["stat".into(), "b".into(), "a".into()]);
+    s.set_pull_order(Arc::new(vec!["stat".into(), "b".into(), "a".into()]));
     let rec = Recorder::default();
     let assign = |v: f32| Received {
         name: "stat".into(),
