@@ -1,7 +1,8 @@
 //! The cost of distribution, measured: push + pull of a model's worth of
 //! parameters between one client and one PS on loopback gRPC, next to a raw
 //! TCP loopback transfer of the same bytes in the same run
-//! (`psflow bench transfer`).
+//! (`psflow bench transfer`); and the same push + pull through shared
+//! memory, which clients on the PS's host use instead of the messages.
 
 use std::time::{Duration, Instant};
 
@@ -37,8 +38,12 @@ pub struct TransferReport {
     pub ratio: f64,
     /// The lowest and highest round's ratio.
     pub ratio_range: (f64, f64),
-    /// Each timed round: PS push, PS pull and raw TCP there and back.
-    pub rounds: Vec<[Duration; 3]>,
+    /// Push then pull with the data through shared memory (the default
+    /// on one host), both directions' bytes over the total time.
+    pub shm_mbps: f64,
+    /// Each timed round: PS push, PS pull, raw TCP there and back, and
+    /// push + pull through shared memory.
+    pub rounds: Vec<[Duration; 4]>,
 }
 
 fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> T {
@@ -74,7 +79,12 @@ pub async fn transfer(mib: usize, repeats: usize) -> Result<TransferReport> {
     let server = tokio::spawn(crate::serve_with(listener, PsService::default(), async {
         let _ = stopped.await;
     }));
+    // The gRPC figures are of the messages alone: this client does not
+    // use shared memory; `shm_client` does.
     let mut client = PsClient::connect(&addr, "bench", Duration::from_secs(10)).await?;
+    client.set_shm(false);
+    let mut shm_client = PsClient::connect(&addr, "bench", Duration::from_secs(10)).await?;
+    shm_client.set_shm(true);
     let config = ShardConfig {
         optimizer: Optimizer::Sgd(SgdConfig {}),
         schedule: Schedule::Constant(0.0),
@@ -87,37 +97,55 @@ pub async fn transfer(mib: usize, repeats: usize) -> Result<TransferReport> {
         .map(|(n, t)| (n.as_str(), TensorRole::Gradient, t))
         .collect();
     let mut tcp = TcpEcho::start(total as usize, repeats + 1).await?;
-
-    // Each timed round: PS push, PS pull, raw TCP there and back.
-    let mut rounds: Vec<[Duration; 3]> = Vec::with_capacity(repeats);
-    for round in 0..=repeats {
-        let t0 = Instant::now();
-        let r = client.push(0, round as u64, false, grads.clone()).await?;
-        let t1 = Instant::now();
-        let pulled = client.pull(&[], r.version, Duration::from_secs(60)).await?;
-        let t2 = Instant::now();
-        if pulled.tensors.len() != tensors.len() {
-            return Err(Error::Invalid(format!(
-                "pulled {} tensors, pushed {}",
-                pulled.tensors.len(),
-                tensors.len()
-            )));
+    let push_pull = |c: &mut PsClient, round: u64| {
+        let mut c = c.clone();
+        let grads = grads.clone();
+        let n = tensors.len();
+        async move {
+            let t0 = Instant::now();
+            let r = c.push(0, round, false, grads).await?;
+            let t1 = Instant::now();
+            let pulled = c.pull(&[], r.version, Duration::from_secs(60)).await?;
+            let t2 = Instant::now();
+            if pulled.tensors.len() != n {
+                return Err(Error::Invalid(format!(
+                    "pulled {} tensors, pushed {n}",
+                    pulled.tensors.len(),
+                )));
+            }
+            Ok::<_, Error>((t1 - t0, t2 - t1))
         }
-        drop(pulled);
+    };
+    // The shared-memory client learns the sizes and opens its regions.
+    for round in 0..2 {
+        push_pull(&mut shm_client, round).await?;
+    }
+    if let Some(why) = shm_client.shm_off() {
+        return Err(Error::Invalid(format!(
+            "shared memory is not in use: {why}"
+        )));
+    }
+
+    // Each timed round: PS push, PS pull, raw TCP there and back, push and
+    // pull through shared memory.
+    let mut rounds: Vec<[Duration; 4]> = Vec::with_capacity(repeats);
+    for round in 0..=repeats {
+        let (push, pull) = push_pull(&mut client, round as u64).await?;
         let raw = tcp.round().await?;
+        let (shm_push, shm_pull) = push_pull(&mut shm_client, round as u64).await?;
         if round > 0 {
-            rounds.push([t1 - t0, t2 - t1, raw]);
+            rounds.push([push, pull, raw, shm_push + shm_pull]);
         }
     }
     let _ = stop.send(());
     let _ = server.await;
     tcp.finish().await?;
 
-    let of = |f: fn(&[Duration; 3]) -> Duration| median(rounds.iter().map(f).collect());
+    let of = |f: fn(&[Duration; 4]) -> Duration| median(rounds.iter().map(f).collect());
     // A round's ratio is the TCP time over the PS time (same bytes).
     let ratios: Vec<f64> = rounds
         .iter()
-        .map(|[push, pull, raw]| raw.as_secs_f64() / (*push + *pull).as_secs_f64())
+        .map(|[push, pull, raw, _]| raw.as_secs_f64() / (*push + *pull).as_secs_f64())
         .collect();
     let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = ratios.iter().copied().fold(0.0, f64::max);
@@ -131,6 +159,7 @@ pub async fn transfer(mib: usize, repeats: usize) -> Result<TransferReport> {
         tcp_mbps: mbps(2 * total, of(|r| r[2])),
         ratio: median(ratios),
         ratio_range: (lo, hi),
+        shm_mbps: mbps(2 * total, of(|r| r[3])),
         rounds,
     })
 }

@@ -2,6 +2,8 @@
 //! It cuts tensors into chunks for Init and Push, and reassembles pulled
 //! ones, with the same limits as the server.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -18,7 +20,8 @@ use crate::limits::{
     Limits, CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, STREAM_WINDOW_BYTES,
 };
 use crate::shard::PushReply;
-use crate::wire::{decode_framed, encode_push_request, pack, Assembler, Start};
+use crate::shm::{self, Lease, Pool, Region, Use, Want};
+use crate::wire::{decode_framed, encode_push_request, pack, pack_shm, Assembler, Start};
 use crate::{Error, Result};
 
 /// The gRPC path of Push.
@@ -43,6 +46,21 @@ pub struct PsClient {
     addr: String,
     job: String,
     limits: Limits,
+    /// Shared-memory regions at this PS, shared by the clones (`None`:
+    /// the PS is not on a loopback address, or shared memory is off).
+    shm: Option<Arc<Pool>>,
+}
+
+/// Whether `addr` (`host:port`, optionally `http://`) names this host by a
+/// loopback address or `localhost`.
+pub fn is_loopback(addr: &str) -> bool {
+    let hostport = addr.split_once("://").map_or(addr, |(_, rest)| rest);
+    let hostport = hostport.trim_end_matches('/');
+    if let Ok(sa) = hostport.parse::<std::net::SocketAddr>() {
+        return sa.ip().is_loopback();
+    }
+    let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
+    host.eq_ignore_ascii_case("localhost")
 }
 
 impl PsClient {
@@ -100,7 +118,83 @@ impl PsClient {
             addr: addr.to_string(),
             job: job.into(),
             limits: Limits::default(),
+            shm: (is_loopback(addr) && shm::enabled_by_env()).then(Default::default),
         })
+    }
+
+    /// Moves tensor data through shared memory when the PS is on this
+    /// host (the default for a loopback address, unless `PSFLOW_SHM=off`),
+    /// or always in the gRPC messages. Applies to the clones made after.
+    pub fn set_shm(&mut self, on: bool) {
+        self.shm = on.then(Default::default);
+    }
+
+    /// Why this client moves tensor data in the gRPC messages rather than
+    /// through shared memory (`None` while it uses or may use it).
+    pub fn shm_off(&self) -> Option<String> {
+        match &self.shm {
+            None => Some(
+                "not asked for (the PS is not on a loopback address, or PSFLOW_SHM=off)".into(),
+            ),
+            Some(pool) => pool.off(),
+        }
+    }
+
+    /// Shared-memory regions this client (with its clones) holds at the PS.
+    pub fn shm_regions(&self) -> usize {
+        self.shm.as_ref().map_or(0, |p| p.count())
+    }
+
+    /// A region for the next push or pull, opening one at the PS when
+    /// none free fits; `None` when the data go in the messages. A region
+    /// that cannot be opened turns shared memory off for this client (and
+    /// its clones), with a log line saying why.
+    async fn lease(&mut self, kind: Use) -> Option<Lease> {
+        let pool = self.shm.clone()?;
+        match pool.want(kind) {
+            Want::None => None,
+            Want::Lease(lease) => Some(lease),
+            Want::Open(bytes) => match self.open_region(bytes).await {
+                Ok(region) => Some(pool.adopt(region)),
+                Err(why) => {
+                    tracing::info!(
+                        addr = %self.addr,
+                        "not using shared memory with this parameter server ({why}); \
+                         tensors travel in the gRPC messages"
+                    );
+                    pool.turn_off(why);
+                    None
+                }
+            },
+        }
+    }
+
+    /// Asks the PS for a region of `bytes` and maps it.
+    async fn open_region(&mut self, bytes: u64) -> std::result::Result<Region, String> {
+        let r = self
+            .inner
+            .open_region(pb::OpenRegionRequest {
+                job_id: self.job.clone(),
+                bytes,
+            })
+            .await
+            .map_err(|s| format!("OpenRegion: {}", s.message()))?
+            .into_inner();
+        let capacity = usize::try_from(r.bytes).map_err(|_| "a region too large".to_string());
+        let opened = capacity.and_then(|capacity| {
+            Region::open(r.region, r.pid, r.fd, &r.token, capacity).map_err(|e| e.to_string())
+        });
+        if opened.is_err() {
+            // The PS need not keep what this side cannot use.
+            let _ = self
+                .inner
+                .close_region(pb::CloseRegionRequest {
+                    job_id: self.job.clone(),
+                    region: r.region,
+                })
+                .await;
+        }
+        opened
     }
 
     pub fn addr(&self) -> &str {
@@ -178,15 +272,25 @@ impl PsClient {
         deadline: Duration,
         mut each: impl FnMut(String, Tensor) -> Result<()>,
     ) -> Result<u64> {
+        // The PS writes the values into this region, if there is one; it is
+        // lent again only once the whole answer has been read.
+        let lease = self.lease(Use::Pull).await;
         let req = pb::PullRequest {
             job_id: self.job.clone(),
             names: names.to_vec(),
             min_version,
             deadline_ms: deadline.as_millis().min(u64::MAX as u128) as u64,
+            shm_region: lease.as_ref().map_or(0, |l| l.region().id()),
         };
         let rpc = |status| Error::Rpc { op: "Pull", status };
         let mut stream = self.inner.pull(req).await.map_err(rpc)?.into_inner();
         let mut assembler = Assembler::new(self.limits);
+        if let Some(lease) = &lease {
+            let region = lease.region().clone();
+            assembler = assembler.with_regions(Box::new(move |id| {
+                (id == region.id()).then(|| region.clone())
+            }));
+        }
         let mut version = None;
         while let Some(m) = stream.message().await.map_err(rpc)? {
             version.get_or_insert(m.version);
@@ -197,9 +301,16 @@ impl PsClient {
             }
         }
         assembler.finish()?;
-        version.ok_or_else(|| {
+        let version = version.ok_or_else(|| {
             Error::Invalid("the parameter server ended Pull without a message".into())
-        })
+        })?;
+        if let Some(pool) = &self.shm {
+            pool.learn(Use::Pull, assembler.bytes());
+        }
+        if let Some(lease) = lease {
+            lease.done();
+        }
+        Ok(version)
     }
 
     /// Pushes worker `worker`'s gradients and assigned values computed on
@@ -212,16 +323,17 @@ impl PsClient {
         partial: bool,
         tensors: impl IntoIterator<Item = (&'a str, TensorRole, &'a Tensor)>,
     ) -> Result<PushReply> {
-        let header = pb::PushHeader {
-            job_id: self.job.clone(),
+        let batch: Vec<(String, TensorRole, Tensor)> = tensors
+            .into_iter()
+            .map(|(name, role, t)| (name.to_string(), role, t.clone()))
+            .collect();
+        self.push_stream(
             worker,
             base_version,
             partial,
-        };
-        let requests = with_header(pack(tensors, Start::Full), header, |header, chunks| {
-            pb::PushRequest { header, chunks }
-        });
-        self.send_push(futures::stream::iter(requests)).await
+            futures::stream::iter([batch]),
+        )
+        .await
     }
 
     /// [`PsClient::push`] of tensors that are still being computed: each
@@ -246,12 +358,22 @@ impl PsClient {
             }),
             chunks: vec![],
         };
-        let body = batches.flat_map(|batch| {
-            let messages = pack(
+        // The data go into this region while they fit (the PS reads them
+        // before it replies); it is lent again only after a reply.
+        let lease = self.lease(Use::Push).await;
+        let region = lease.as_ref().map(|l| l.region().clone());
+        let mut cursor = 0usize;
+        let total = Arc::new(AtomicU64::new(0));
+        let counted = total.clone();
+        let body = batches.flat_map(move |batch| {
+            let bytes: u64 = batch.iter().map(|(_, _, t)| t.nbytes() as u64).sum();
+            counted.fetch_add(bytes, Ordering::Relaxed);
+            let messages = pack_shm(
                 batch
                     .iter()
                     .map(|(name, role, t)| (name.as_str(), *role, t)),
                 Start::Full,
+                region.as_deref().map(|r| (r, &mut cursor)),
             );
             futures::stream::iter(
                 messages
@@ -264,7 +386,14 @@ impl PsClient {
             )
         });
         let requests = futures::stream::once(async { header }).chain(body);
-        self.send_push(requests).await
+        let reply = self.send_push(requests).await?;
+        if let Some(pool) = &self.shm {
+            pool.learn(Use::Push, total.load(Ordering::Relaxed));
+        }
+        if let Some(lease) = lease {
+            lease.done();
+        }
+        Ok(reply)
     }
 
     /// One Push call of `requests`, each written as its protobuf framing

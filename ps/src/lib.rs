@@ -11,6 +11,8 @@
 //! - [`PsClient`]: connects, initializes a shard, pulls, pushes, reads
 //!   stats; cuts tensors into chunks and reassembles them.
 //! - [`limits`]: every size limit of the protocol.
+//! - [`shm`]: shared-memory regions, through which a client on the PS's
+//!   host moves tensor data instead of the gRPC messages.
 //!
 //! The protocol, limits and modes are described in `docs/cluster.md`.
 
@@ -23,9 +25,10 @@ pub mod limits;
 pub mod raw_pull;
 pub mod service;
 pub mod shard;
+pub mod shm;
 pub mod wire;
 
-pub use client::{PsClient, Pulled};
+pub use client::{is_loopback, PsClient, Pulled};
 pub use config::{Mode, ShardConfig};
 pub use error::{Error, Result};
 pub use limits::Limits;

@@ -93,19 +93,24 @@ where
         .to_bytes();
     let request = decode_framed::<pb::PullRequest>(&body)?;
     let answer = service.pull_values(&request).await?;
+    // The client's region, if it gave one this PS knows: values are
+    // written there, one after the other, while they fit.
+    let region = service.region(&request.job_id, request.shm_region);
     let (version, batches) = service.pull_batches(request.job_id, answer);
     // Each batch of values as its messages' pieces; the trailers carry
     // the status, an error's after the values sent before it.
-    let frames = futures::stream::unfold(Some(Box::pin(batches)), move |state| async move {
-        let mut batches = state?;
+    let state = Some((Box::pin(batches), region, 0usize));
+    let frames = futures::stream::unfold(state, move |state| async move {
+        let (mut batches, region, mut cursor) = state?;
         Some(match batches.next().await {
             Some(Ok(values)) => {
                 let mut pieces = Vec::new();
-                for chunks in pull_messages(&values) {
+                let shm = region.as_deref().map(|r| (r, &mut cursor));
+                for chunks in pull_messages(&values, shm) {
                     encode_response(version, chunks, &mut pieces);
                 }
                 let frames: Vec<_> = pieces.into_iter().map(Frame::data).collect();
-                (frames, Some(batches))
+                (frames, Some((batches, region, cursor)))
             }
             Some(Err(status)) => (vec![Frame::trailers(trailers(&status))], None),
             None => (vec![Frame::trailers(trailers(&Status::ok("")))], None),

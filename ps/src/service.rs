@@ -32,7 +32,8 @@ use crate::limits::{
     STREAM_WINDOW_BYTES,
 };
 use crate::shard::{Push, Shard};
-use crate::wire::{pack, Assembler, Received, Start};
+use crate::shm::{self, Region, Regions};
+use crate::wire::{pack_shm, Assembler, Received, RegionLookup, ShmCursor, Start};
 use crate::{Error, Result};
 
 /// What waiting pulls watch: which Init is current, its version, and the
@@ -55,6 +56,8 @@ struct Inner {
     pull_order: Mutex<Arc<Vec<String>>>,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    /// Shared-memory regions of clients on this host.
+    regions: Arc<Regions>,
 }
 
 impl Inner {
@@ -96,7 +99,14 @@ impl Default for PsService {
 }
 
 impl PsService {
+    /// A service with `limits`; shared memory is on unless the environment
+    /// turns it off ([`shm::ENV`]).
     pub fn new(limits: Limits) -> PsService {
+        PsService::with_shm(limits, shm::enabled_by_env())
+    }
+
+    /// A service with `limits`, serving shared-memory regions or not.
+    pub fn with_shm(limits: Limits, shm: bool) -> PsService {
         PsService {
             inner: Arc::new(Inner {
                 limits,
@@ -111,8 +121,14 @@ impl PsService {
                 pull_order: Mutex::default(),
                 bytes_in: AtomicU64::new(0),
                 bytes_out: AtomicU64::new(0),
+                regions: Arc::new(Regions::new(shm, shm::MAX_PS_REGION_BYTES)),
             }),
         }
+    }
+
+    /// Job `job`'s shared-memory region `id`, if this PS made it.
+    pub(crate) fn region(&self, job: &str, id: u64) -> Option<Arc<Region>> {
+        (id != 0).then(|| self.inner.regions.get(job, id)).flatten()
     }
 
     /// The tonic server for this service, with the protocol's message-size
@@ -339,12 +355,14 @@ impl Inner {
 }
 
 /// Reads a client stream: the header from the first message, every tensor
-/// from the chunks.
+/// from the chunks (their data in the messages, or in the shared-memory
+/// regions `regions` finds for the header).
 async fn receive<M, H>(
     mut stream: Streaming<M>,
     limits: Limits,
     split: impl Fn(M) -> (Option<H>, Vec<pb::TensorChunk>),
     on_header: impl FnOnce(&H) -> Result<()>,
+    regions: impl FnOnce(&H) -> Option<RegionLookup>,
 ) -> Result<(H, Vec<Received>, u64)> {
     let status = |s: Status| Error::Invalid(format!("reading the request stream: {}", s.message()));
     let first = stream
@@ -357,6 +375,9 @@ async fn receive<M, H>(
         header.ok_or_else(|| Error::Invalid("the first message carries no header".into()))?;
     on_header(&header)?;
     let mut assembler = Assembler::new(limits);
+    if let Some(lookup) = regions(&header) {
+        assembler = assembler.with_regions(lookup);
+    }
     let mut tensors = Vec::new();
     loop {
         for c in chunks {
@@ -381,15 +402,18 @@ async fn receive<M, H>(
 
 /// The chunks of a Pull's answer, message by message: pulls start with
 /// small messages ([`Start::Growing`]); an answer with no values is one
-/// empty message (it still carries the version).
+/// empty message (it still carries the version). With `shm`, the values'
+/// data go to the client's region while they fit.
 pub(crate) fn pull_messages(
     values: &[(String, psflow_kernels::Tensor)],
+    shm: Option<ShmCursor<'_>>,
 ) -> Vec<Vec<pb::TensorChunk>> {
-    let messages = pack(
+    let messages = pack_shm(
         values
             .iter()
             .map(|(n, t)| (n.as_str(), pb::TensorRole::Gradient, t)),
         Start::Growing,
+        shm,
     );
     if messages.is_empty() {
         vec![vec![]]
@@ -423,6 +447,7 @@ impl ParameterServer for PsService {
                 ShardConfig::from_header(h)?;
                 check(inner.lock().as_ref(), h)
             },
+            |_| None,
         )
         .await?;
         let config = ShardConfig::from_header(&header)?;
@@ -437,6 +462,7 @@ impl ParameterServer for PsService {
             check(guard.as_ref(), &header)?;
             *guard = Some(shard);
             inner.fresh.clear();
+            inner.regions.keep_only(&header.job_id);
             inner.progress.send_modify(|p| {
                 p.generation += 1;
                 p.version = version;
@@ -463,10 +489,12 @@ impl ParameterServer for PsService {
         // `into_server()` alone.
         let req = request.into_inner();
         let answer = self.pull_values(&req).await?;
+        let region = self.region(&req.job_id, req.shm_region);
+        let mut cursor = 0;
         let (version, batches) = self.pull_batches(req.job_id, answer);
         let messages = batches.flat_map(move |batch| {
             let messages: Vec<_> = match batch {
-                Ok(values) => pull_messages(&values)
+                Ok(values) => pull_messages(&values, region.as_deref().map(|r| (r, &mut cursor)))
                     .into_iter()
                     .map(|chunks| Ok(pb::PullResponse { version, chunks }))
                     .collect(),
@@ -488,6 +516,10 @@ impl ParameterServer for PsService {
             |m: pb::PushRequest| (m.header, m.chunks),
             // Fail fast on a wrong job, before the data arrive.
             |h: &pb::PushHeader| inner.with_shard(&h.job_id, |_| Ok(())),
+            |h: &pb::PushHeader| {
+                let (regions, job) = (inner.regions.clone(), h.job_id.clone());
+                Some(Box::new(move |id| regions.get(&job, id)))
+            },
         )
         .await?;
         inner.bytes_in.fetch_add(bytes, Ordering::Relaxed);
@@ -573,6 +605,38 @@ impl ParameterServer for PsService {
         Ok(Response::new(r))
     }
 
+    async fn open_region(
+        &self,
+        request: Request<pb::OpenRegionRequest>,
+    ) -> Result<Response<pb::OpenRegionResponse>, Status> {
+        let req = request.into_inner();
+        // Only for the job this PS serves.
+        self.inner.with_shard(&req.job_id, |_| Ok(()))?;
+        let region = self.inner.regions.open(&req.job_id, req.bytes)?;
+        tracing::debug!(job = %req.job_id, region = region.id(), bytes = region.capacity(), "shared-memory region opened");
+        Ok(Response::new(pb::OpenRegionResponse {
+            region: region.id(),
+            pid: std::process::id(),
+            fd: region.raw_fd(),
+            token: region.token().to_vec().into(),
+            bytes: region.capacity() as u64,
+        }))
+    }
+
+    async fn close_region(
+        &self,
+        request: Request<pb::CloseRegionRequest>,
+    ) -> Result<Response<pb::CloseRegionResponse>, Status> {
+        let req = request.into_inner();
+        if !self.inner.regions.close(&req.job_id, req.region) {
+            return Err(Status::not_found(format!(
+                "job `{}` has no shared-memory region {} here",
+                req.job_id, req.region
+            )));
+        }
+        Ok(Response::new(pb::CloseRegionResponse {}))
+    }
+
     async fn set_workers(
         &self,
         request: Request<pb::SetWorkersRequest>,
@@ -639,6 +703,7 @@ mod tests {
             names: names.iter().map(|s| s.to_string()).collect(),
             min_version,
             deadline_ms: 5_000,
+            shm_region: 0,
         }
     }
 

@@ -3,6 +3,8 @@
 //! messages ([`pack`]), and reassembled with every limit checked before
 //! anything is allocated ([`Assembler`]).
 
+use std::sync::Arc;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{encode_varint, encoded_len_varint};
 use prost::Message;
@@ -16,6 +18,7 @@ use crate::limits::{
     Limits, CHUNK_BYTES, CHUNK_OVERHEAD, FIRST_MESSAGE_DATA_BYTES, MAX_MESSAGE_BYTES,
     MAX_NAME_BYTES, MAX_RANK, MESSAGE_DATA_BYTES,
 };
+use crate::shm::Region;
 use crate::{Error, Result};
 
 /// The bytes of a slice of plain numbers.
@@ -106,6 +109,22 @@ pub fn pack<'a>(
     tensors: impl IntoIterator<Item = (&'a str, TensorRole, &'a Tensor)>,
     start: Start,
 ) -> Vec<Vec<TensorChunk>> {
+    pack_shm(tensors, start, None)
+}
+
+/// Where [`pack_shm`] writes tensor data: a region and the data offset of
+/// its first free byte.
+pub type ShmCursor<'r> = (&'r Region, &'r mut usize);
+
+/// [`pack`], with the data of each tensor that fits the rest of `shm`'s
+/// region copied there (from the cursor on, which it advances) and its
+/// chunk naming the place instead of carrying the data. Once one tensor
+/// does not fit, it and the rest travel in the messages.
+pub fn pack_shm<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, TensorRole, &'a Tensor)>,
+    start: Start,
+    mut shm: Option<ShmCursor<'_>>,
+) -> Vec<Vec<TensorChunk>> {
     let mut messages = Vec::new();
     let mut current: Vec<TensorChunk> = Vec::new();
     let mut size = 0usize;
@@ -116,6 +135,35 @@ pub fn pack<'a>(
     for (name, role, t) in tensors {
         let bytes = tensor_bytes(t);
         let total = bytes.len();
+        if let Some((region, cursor)) = shm.as_mut() {
+            if total > 0 && region.holds(**cursor as u64, total as u64) {
+                region.write(**cursor, &bytes);
+                let chunk = TensorChunk {
+                    name: name.to_string(),
+                    dtype: dtype_to_proto(t.dtype()) as i32,
+                    shape: t.shape().iter().map(|&d| d as u64).collect(),
+                    total_bytes: total as u64,
+                    offset: 0,
+                    data: Bytes::new(),
+                    role: role as i32,
+                    shm_region: region.id(),
+                    shm_offset: **cursor as u64,
+                };
+                // The next tensor starts on a cache line.
+                **cursor = (**cursor + total).next_multiple_of(64);
+                let cost = CHUNK_OVERHEAD + name.len() + 10 * chunk.shape.len();
+                if !current.is_empty() && size + cost > budget {
+                    messages.push(std::mem::take(&mut current));
+                    size = 0;
+                    budget = (budget * 2).min(MESSAGE_DATA_BYTES);
+                }
+                current.push(chunk);
+                size += cost;
+                continue;
+            }
+            // This one and the rest go in the messages.
+            shm = None;
+        }
         let mut offset = 0;
         loop {
             let end = (offset + CHUNK_BYTES).min(total);
@@ -136,6 +184,8 @@ pub fn pack<'a>(
                 offset: offset as u64,
                 data: bytes.slice(offset..end),
                 role: role as i32,
+                shm_region: 0,
+                shm_offset: 0,
             };
             let cost = CHUNK_OVERHEAD + name.len() + 10 * chunk.shape.len() + (end - offset);
             if !current.is_empty() && size + cost > budget {
@@ -356,12 +406,16 @@ struct Partial {
     buf: Buf,
 }
 
+/// Finds the region a chunk names (only those this side may read).
+pub type RegionLookup = Box<dyn Fn(u64) -> Option<Arc<Region>> + Send + Sync>;
+
 /// Reassembles the tensors of one stream from its chunks, in order,
 /// checking names, offsets, dtypes, shapes and the [`Limits`].
 pub struct Assembler {
     limits: Limits,
     request_bytes: u64,
     current: Option<Partial>,
+    regions: Option<RegionLookup>,
 }
 
 impl Assembler {
@@ -370,7 +424,15 @@ impl Assembler {
             limits,
             request_bytes: 0,
             current: None,
+            regions: None,
         }
+    }
+
+    /// Accepts chunks whose data lie in the shared-memory regions `lookup`
+    /// finds (see [`pack_shm`]).
+    pub fn with_regions(mut self, lookup: RegionLookup) -> Assembler {
+        self.regions = Some(lookup);
+        self
     }
 
     /// Tensor bytes announced so far in this stream.
@@ -380,6 +442,13 @@ impl Assembler {
 
     /// Adds the next chunk; returns the tensor it completes, if any.
     pub fn add(&mut self, chunk: TensorChunk) -> Result<Option<Received>> {
+        let shm = chunk.shm_region != 0;
+        if shm && !chunk.data.is_empty() {
+            return Err(Error::Invalid(format!(
+                "a chunk of tensor `{}` both carries data and names shared-memory region {}",
+                chunk.name, chunk.shm_region
+            )));
+        }
         if chunk.data.len() > CHUNK_BYTES {
             return Err(Error::TooLarge {
                 what: "chunk of tensor",
@@ -410,18 +479,49 @@ impl Assembler {
                 p.name, p.filled, chunk.name, chunk.offset
             )));
         }
-        let end = p.filled + chunk.data.len();
-        if end > p.total {
-            return Err(Error::Invalid(format!(
-                "tensor `{}`: chunk at offset {} with {} bytes runs past its {} bytes",
-                p.name,
-                p.filled,
-                chunk.data.len(),
-                p.total
-            )));
+        if shm {
+            // The rest of the tensor, from the region.
+            let len = (p.total - p.filled) as u64;
+            let region = self
+                .regions
+                .as_ref()
+                .and_then(|lookup| lookup(chunk.shm_region))
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "tensor `{}` is in shared-memory region {}, which this side did not \
+                         open for this call",
+                        p.name, chunk.shm_region
+                    ))
+                })?;
+            // SAFETY: the peer wrote these bytes before sending this chunk
+            // and, by the protocol, writes them again only after this call
+            // has ended (a push's reply; a pull's end).
+            let data = unsafe { region.read(chunk.shm_offset, len) }.ok_or_else(|| {
+                Error::Invalid(format!(
+                    "tensor `{}`: {len} bytes at offset {} run past shared-memory region {} \
+                     ({} bytes)",
+                    p.name,
+                    chunk.shm_offset,
+                    chunk.shm_region,
+                    region.capacity()
+                ))
+            })?;
+            p.buf.write(p.filled, data);
+            p.filled = p.total;
+        } else {
+            let end = p.filled + chunk.data.len();
+            if end > p.total {
+                return Err(Error::Invalid(format!(
+                    "tensor `{}`: chunk at offset {} with {} bytes runs past its {} bytes",
+                    p.name,
+                    p.filled,
+                    chunk.data.len(),
+                    p.total
+                )));
+            }
+            p.buf.write(p.filled, &chunk.data);
+            p.filled = end;
         }
-        p.buf.write(p.filled, &chunk.data);
-        p.filled = end;
         if p.filled < p.total {
             return Ok(None);
         }
@@ -657,6 +757,77 @@ mod tests {
                 "message {i}"
             );
         }
+    }
+
+    #[test]
+    fn tensors_travel_through_a_region_while_they_fit_then_in_the_messages() {
+        let region = Arc::new(Region::create(9, 8192).unwrap());
+        let a = Tensor::new(vec![1000], (0..1000).map(|i| i as f32).collect()).unwrap();
+        let b = Tensor::new(vec![2, 3], vec![1i64, 2, 3, 4, 5, 6]).unwrap();
+        let c = Tensor::new(vec![1500], vec![0.25f32; 1500]).unwrap(); // does not fit
+        let d = Tensor::new(vec![2], vec![true, false]).unwrap(); // after one that did not
+        let tensors = [("a", &a), ("b", &b), ("c", &c), ("d", &d)];
+        let mut cursor = 0;
+        let messages = pack_shm(
+            tensors.iter().map(|(n, t)| (*n, TensorRole::Gradient, *t)),
+            Start::Full,
+            Some((&region, &mut cursor)),
+        );
+        let chunks: Vec<&TensorChunk> = messages.iter().flatten().collect();
+        let in_region: Vec<&str> = chunks
+            .iter()
+            .filter(|c| c.shm_region == 9)
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(in_region, ["a", "b"]);
+        assert!(chunks
+            .iter()
+            .all(|c| (c.shm_region == 0) != c.data.is_empty()));
+        // `b` starts on the cache line after `a`'s 4000 bytes.
+        assert_eq!(chunks[1].shm_offset, 4032);
+        assert_eq!(cursor, 4032 + 64);
+
+        let lookup = |r: &Arc<Region>| -> RegionLookup {
+            let r = r.clone();
+            Box::new(move |id| (id == r.id()).then(|| r.clone()))
+        };
+        let mut asm = Assembler::new(Limits::default()).with_regions(lookup(&region));
+        let mut back = vec![];
+        for c in messages.iter().flatten() {
+            back.extend(asm.add(c.clone()).unwrap());
+        }
+        asm.finish().unwrap();
+        let want: Vec<(&str, &Tensor)> = tensors.to_vec();
+        let got: Vec<(&str, &Tensor)> = back.iter().map(|r| (r.name.as_str(), &r.value)).collect();
+        assert_eq!(got, want);
+
+        // A side that opened no region, another region, a range past the
+        // end, data and a region at once: clear errors.
+        let first = chunks[0].clone();
+        let e = Assembler::new(Limits::default())
+            .add(first.clone())
+            .unwrap_err();
+        assert!(e.to_string().contains("did not open"), "{e}");
+        let other = Arc::new(Region::create(10, 4096).unwrap());
+        let e = Assembler::new(Limits::default())
+            .with_regions(lookup(&other))
+            .add(first.clone())
+            .unwrap_err();
+        assert!(e.to_string().contains("region 9"), "{e}");
+        let mut past = first.clone();
+        past.shm_offset = 8000;
+        let e = Assembler::new(Limits::default())
+            .with_regions(lookup(&region))
+            .add(past)
+            .unwrap_err();
+        assert!(e.to_string().contains("run past"), "{e}");
+        let mut both = first;
+        both.data = Bytes::from_static(b"1234");
+        let e = Assembler::new(Limits::default())
+            .with_regions(lookup(&region))
+            .add(both)
+            .unwrap_err();
+        assert!(e.to_string().contains("both carries data"), "{e}");
     }
 
     #[test]

@@ -19,11 +19,15 @@ impl Server {
     }
 
     pub async fn with_limits(limits: Limits) -> Server {
+        Server::with_service(PsService::new(limits)).await
+    }
+
+    pub async fn with_service(service: PsService) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let (stop, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            psflow_ps::serve_with(listener, PsService::new(limits), async {
+            psflow_ps::serve_with(listener, service, async {
                 let _ = rx.await;
             })
             .await

@@ -31,7 +31,7 @@ use psflow_kernels::cuda::CudaDevice;
 use psflow_kernels::Tensor;
 use psflow_proto::ps::{PushOutcome, TensorRole};
 use psflow_proto::worker::{SyncMode, TaskProgress, TaskSpec};
-use psflow_ps::{PsClient, PushReply};
+use psflow_ps::{is_loopback, PsClient, PushReply};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -156,18 +156,6 @@ impl std::fmt::Display for PushBatch {
             PushBatch::Bytes(n) => write!(f, "{n}"),
         }
     }
-}
-
-/// Whether `addr` (`host:port`, optionally `http://`) names this host by a
-/// loopback address or `localhost`.
-fn is_loopback(addr: &str) -> bool {
-    let hostport = addr.split_once("://").map_or(addr, |(_, rest)| rest);
-    let hostport = hostport.trim_end_matches('/');
-    if let Ok(sa) = hostport.parse::<std::net::SocketAddr>() {
-        return sa.ip().is_loopback();
-    }
-    let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
-    host.eq_ignore_ascii_case("localhost")
 }
 
 /// Pushed tensors of one shard not yet handed to its push task.
