@@ -42,7 +42,7 @@ fn a_two_by_two_local_cluster_learns_mobilenet_on_synthetic_data() {
         "--batch-size",
         "32",
         "--steps",
-        "400",
+        "800",
         "--no-augment",
         "--workers",
         "2",
@@ -56,10 +56,13 @@ fn a_two_by_two_local_cluster_learns_mobilenet_on_synthetic_data() {
     assert!(o.status.success(), "exit {:?}: {}", o.status, stderr(&o));
     let s: Value =
         serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
-    // Chance is 0.1 on the 10 synthetic classes.
+    // Chance is 0.1 on the 10 synthetic classes. At 400 steps the model
+    // was only starting to learn, and the top-1 swung with the kernels'
+    // rounding (0.17 with AVX2 kernels, 0.34 with one thread, both on an
+    // AMD EPYC); at 800 steps it measured 0.89 (2 threads) and 0.96 (1).
     let top1 = s["top1"].as_f64().unwrap();
-    assert!(top1 > 0.3, "top-1 {top1}: {}", stderr(&o));
-    assert_eq!(s["steps"], 400);
+    assert!(top1 > 0.6, "top-1 {top1}: {}", stderr(&o));
+    assert_eq!(s["steps"], 800);
     assert_eq!(s["workers"], 2);
     assert_eq!(s["ps"], 2);
     assert_eq!(s["mode"], "sync");
