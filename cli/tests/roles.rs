@@ -462,7 +462,7 @@ fn separate_processes_train_fashion_mnist_to_84_percent_in_2_epochs() {
     // 2-core machine: the run is deterministic, and with one thread per
     // worker the last-bit differences of the reductions alone move the
     // 2-epoch top-1 by about two points (0.850 vs 0.828; docs/cluster.md).
-    let _workers: Vec<Proc> = (0..2)
+    let workers: Vec<Proc> = (0..2)
         .map(|_| Proc::start_with_threads("worker", &ep, cluster, &[], 2))
         .collect();
     let out = tempfile::tempdir().unwrap();
@@ -501,6 +501,13 @@ fn separate_processes_train_fashion_mnist_to_84_percent_in_2_epochs() {
     // The run directory of `psflow train`.
     for f in ["summary.json", "loss.svg"] {
         assert!(run.join(f).is_file(), "{f} missing");
+    }
+    // Worker and PS processes on one host moved the tensors through
+    // shared memory (each worker says so once per PS).
+    for w in &workers {
+        let log = w.log_text();
+        let shared = log.matches("go through shared memory").count();
+        assert_eq!(shared, 2, "each worker with each of the 2 PS:\n{log}");
     }
 }
 

@@ -155,7 +155,16 @@ impl PsClient {
             Want::None => None,
             Want::Lease(lease) => Some(lease),
             Want::Open(bytes) => match self.open_region(bytes).await {
-                Ok(region) => Some(pool.adopt(region)),
+                Ok(region) => {
+                    let (lease, first) = pool.adopt(region);
+                    if first {
+                        tracing::info!(
+                            addr = %self.addr,
+                            "tensors to and from this parameter server go through shared memory"
+                        );
+                    }
+                    Some(lease)
+                }
                 Err(why) => {
                     tracing::info!(
                         addr = %self.addr,

@@ -380,6 +380,8 @@ struct PoolState {
     /// Tensor bytes of the last push and pull.
     push_bytes: u64,
     pull_bytes: u64,
+    /// A region was ever lent.
+    used: bool,
 }
 
 /// What a region is lent for: its size is learned from the last of the
@@ -447,10 +449,13 @@ impl Pool {
         Want::Open(bytes + bytes / 8)
     }
 
-    /// Lends a region just opened (counted as one of this client's).
-    pub fn adopt(self: &Arc<Pool>, region: Region) -> Lease {
-        self.state().count += 1;
-        Lease::new(self.clone(), Arc::new(region))
+    /// Lends a region just opened (counted as one of this client's), and
+    /// says whether it is this client's first.
+    pub fn adopt(self: &Arc<Pool>, region: Region) -> (Lease, bool) {
+        let mut s = self.state();
+        s.count += 1;
+        let first = !std::mem::replace(&mut s.used, true);
+        (Lease::new(self.clone(), Arc::new(region)), first)
     }
 
     /// Regions lent out or free.
@@ -535,6 +540,25 @@ mod tests {
     }
 
     #[test]
+    fn a_region_held_by_another_process_is_opened_through_its_proc_entry() {
+        let ps = Region::create(3, 4096).unwrap();
+        // A child process holding the region's file as its standard input.
+        let file = std::fs::File::open(format!("/proc/self/fd/{}", ps.raw_fd())).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .stdin(file)
+            .spawn()
+            .unwrap();
+        let opened = Region::open(3, child.id(), 0, &ps.token(), ps.capacity());
+        let _ = child.kill();
+        let _ = child.wait();
+        let client = opened.unwrap();
+        client.write(10, b"values");
+        // SAFETY: nothing writes the range meanwhile.
+        assert_eq!(unsafe { ps.read(10, 6) }.unwrap(), b"values");
+    }
+
+    #[test]
     fn a_region_cannot_be_resized() {
         let ps = Region::create(1, 4096).unwrap();
         let file = std::fs::OpenOptions::new()
@@ -583,7 +607,8 @@ mod tests {
             panic!("a region is opened once the size is known")
         };
         assert_eq!(bytes, 9000);
-        let lease = pool.adopt(Region::create(1, bytes as usize).unwrap());
+        let (lease, first) = pool.adopt(Region::create(1, bytes as usize).unwrap());
+        assert!(first, "the first region lent");
         assert!(
             matches!(pool.want(Use::Push), Want::Open(_)),
             "the one is lent"
@@ -598,7 +623,11 @@ mod tests {
 
         // At most MAX_CLIENT_REGIONS, all lent: the data go in messages.
         let leases: Vec<_> = (0..MAX_CLIENT_REGIONS)
-            .map(|i| pool.adopt(Region::create(i as u64, 4096).unwrap()))
+            .map(|i| {
+                let (lease, first) = pool.adopt(Region::create(i as u64, 4096).unwrap());
+                assert!(!first);
+                lease
+            })
             .collect();
         assert!(matches!(pool.want(Use::Push), Want::None));
         // A free one too small for the learned size makes room for one
