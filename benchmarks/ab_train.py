@@ -10,7 +10,7 @@ turn, round after round (`psflow train --model mobilenet --alpha 0.5
 --batch-size 128 --dataset synthetic --no-eval --moving-average-decay 0`,
 then the same with `--workers W --ps P`, 1 and 1 unless given), and after
 each round prints the medians so far and the median of the per-round
-cluster/single ratios.
+cluster/single ratios. Every other round runs in reverse order.
 Standard library only; `--json` prints the raw rates at the end.
 """
 
@@ -63,8 +63,11 @@ def main():
     out = tempfile.mkdtemp(prefix="psflow-ab-")
     try:
         for r in range(args.rounds):
-            for name, binary, env in args.configs:
-                for mode, extra in modes:
+            # Every other round in reverse order, so that a slow stretch of
+            # a shared machine does not always fall on the same runs.
+            step = 1 if r % 2 == 0 else -1
+            for name, binary, env in args.configs[::step]:
+                for mode, extra in modes[::step]:
                     run = os.path.join(out, "run")
                     shutil.rmtree(run, ignore_errors=True)
                     p = subprocess.run([binary] + common + extra + ["--out", run],

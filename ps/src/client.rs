@@ -21,7 +21,7 @@ use crate::limits::{
 };
 use crate::shard::PushReply;
 use crate::shm::{self, Lease, Pool, Region, Use, Want};
-use crate::wire::{decode_framed, encode_push_request, pack, pack_shm, Assembler, Start};
+use crate::wire::{decode_framed, encode_push_request, only, pack, pack_shm, Assembler, Start};
 use crate::{Error, Result};
 
 /// The gRPC path of Push.
@@ -295,10 +295,7 @@ impl PsClient {
         let mut stream = self.inner.pull(req).await.map_err(rpc)?.into_inner();
         let mut assembler = Assembler::new(self.limits);
         if let Some(lease) = &lease {
-            let region = lease.region().clone();
-            assembler = assembler.with_regions(Box::new(move |id| {
-                (id == region.id()).then(|| region.clone())
-            }));
+            assembler = assembler.with_regions(only(lease.region().clone()));
         }
         let mut version = None;
         while let Some(m) = stream.message().await.map_err(rpc)? {

@@ -307,10 +307,7 @@ impl Regions {
 
     /// Data bytes held in regions now.
     pub fn bytes(&self) -> u64 {
-        self.table()
-            .values()
-            .map(|(_, r)| r.capacity() as u64)
-            .sum()
+        held(&self.table())
     }
 
     /// Creates a region of at least `bytes` data bytes for `job`.
@@ -321,7 +318,10 @@ impl Regions {
                  tensors travel in the gRPC messages"
             )));
         }
-        let held = self.bytes();
+        // Checked and inserted under one lock, so that concurrent opens
+        // cannot together pass the limit.
+        let mut table = self.table();
+        let held = held(&table);
         if held.saturating_add(bytes) > self.limit {
             return Err(tonic::Status::resource_exhausted(format!(
                 "a region of {bytes} bytes would put this parameter server's shared memory at \
@@ -334,7 +334,7 @@ impl Regions {
         let region = Region::create(id, bytes as usize)
             .map_err(|e| tonic::Status::internal(format!("creating a region: {e}")))?;
         let region = Arc::new(region);
-        self.table().insert(id, (job.to_string(), region.clone()));
+        table.insert(id, (job.to_string(), region.clone()));
         Ok(region)
     }
 
@@ -361,6 +361,11 @@ impl Regions {
     pub fn keep_only(&self, job: &str) {
         self.table().retain(|_, (j, _)| j == job);
     }
+}
+
+/// Data bytes of the regions in `table`.
+fn held(table: &HashMap<u64, (String, Arc<Region>)>) -> u64 {
+    table.values().map(|(_, r)| r.capacity() as u64).sum()
 }
 
 /// A client's regions at one PS: free ones, how many exist, and the sizes

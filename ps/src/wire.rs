@@ -125,40 +125,39 @@ pub fn pack_shm<'a>(
     start: Start,
     mut shm: Option<ShmCursor<'_>>,
 ) -> Vec<Vec<TensorChunk>> {
-    let mut messages = Vec::new();
-    let mut current: Vec<TensorChunk> = Vec::new();
-    let mut size = 0usize;
-    let mut budget = match start {
-        Start::Full => MESSAGE_DATA_BYTES,
-        Start::Growing => FIRST_MESSAGE_DATA_BYTES,
-    };
+    let mut out = Messages::new(start);
     for (name, role, t) in tensors {
         let bytes = tensor_bytes(t);
         let total = bytes.len();
+        // A tensor's chunk at `offset`, without its data; the first one
+        // carries the dtype and shape.
+        let chunk = |offset: usize| TensorChunk {
+            name: name.to_string(),
+            dtype: if offset == 0 {
+                dtype_to_proto(t.dtype()) as i32
+            } else {
+                0
+            },
+            shape: if offset == 0 {
+                t.shape().iter().map(|&d| d as u64).collect()
+            } else {
+                vec![]
+            },
+            total_bytes: total as u64,
+            offset: offset as u64,
+            role: role as i32,
+            ..TensorChunk::default()
+        };
         if let Some((region, cursor)) = shm.as_mut() {
             if total > 0 && region.holds(**cursor as u64, total as u64) {
                 region.write(**cursor, &bytes);
-                let chunk = TensorChunk {
-                    name: name.to_string(),
-                    dtype: dtype_to_proto(t.dtype()) as i32,
-                    shape: t.shape().iter().map(|&d| d as u64).collect(),
-                    total_bytes: total as u64,
-                    offset: 0,
-                    data: Bytes::new(),
-                    role: role as i32,
+                out.push(TensorChunk {
                     shm_region: region.id(),
                     shm_offset: **cursor as u64,
-                };
+                    ..chunk(0)
+                });
                 // The next tensor starts on a cache line.
                 **cursor = (**cursor + total).next_multiple_of(64);
-                let cost = CHUNK_OVERHEAD + name.len() + 10 * chunk.shape.len();
-                if !current.is_empty() && size + cost > budget {
-                    messages.push(std::mem::take(&mut current));
-                    size = 0;
-                    budget = (budget * 2).min(MESSAGE_DATA_BYTES);
-                }
-                current.push(chunk);
-                size += cost;
                 continue;
             }
             // This one and the rest go in the messages.
@@ -167,44 +166,60 @@ pub fn pack_shm<'a>(
         let mut offset = 0;
         loop {
             let end = (offset + CHUNK_BYTES).min(total);
-            let first = offset == 0;
-            let chunk = TensorChunk {
-                name: name.to_string(),
-                dtype: if first {
-                    dtype_to_proto(t.dtype()) as i32
-                } else {
-                    0
-                },
-                shape: if first {
-                    t.shape().iter().map(|&d| d as u64).collect()
-                } else {
-                    vec![]
-                },
-                total_bytes: total as u64,
-                offset: offset as u64,
+            out.push(TensorChunk {
                 data: bytes.slice(offset..end),
-                role: role as i32,
-                shm_region: 0,
-                shm_offset: 0,
-            };
-            let cost = CHUNK_OVERHEAD + name.len() + 10 * chunk.shape.len() + (end - offset);
-            if !current.is_empty() && size + cost > budget {
-                messages.push(std::mem::take(&mut current));
-                size = 0;
-                budget = (budget * 2).min(MESSAGE_DATA_BYTES);
-            }
-            current.push(chunk);
-            size += cost;
+                ..chunk(offset)
+            });
             offset = end;
             if offset >= total {
                 break;
             }
         }
     }
-    if !current.is_empty() {
-        messages.push(current);
+    out.finish()
+}
+
+/// Chunks gathered into messages, each closed once its data and headers
+/// reach the budget (see [`Start`]).
+struct Messages {
+    messages: Vec<Vec<TensorChunk>>,
+    current: Vec<TensorChunk>,
+    size: usize,
+    budget: usize,
+}
+
+impl Messages {
+    fn new(start: Start) -> Messages {
+        Messages {
+            messages: Vec::new(),
+            current: Vec::new(),
+            size: 0,
+            budget: match start {
+                Start::Full => MESSAGE_DATA_BYTES,
+                Start::Growing => FIRST_MESSAGE_DATA_BYTES,
+            },
+        }
     }
-    messages
+
+    /// Adds `chunk`, after closing the current message if it would go over
+    /// the budget (the next budget is twice the last, up to the full size).
+    fn push(&mut self, chunk: TensorChunk) {
+        let cost = CHUNK_OVERHEAD + chunk.name.len() + 10 * chunk.shape.len() + chunk.data.len();
+        if !self.current.is_empty() && self.size + cost > self.budget {
+            self.messages.push(std::mem::take(&mut self.current));
+            self.size = 0;
+            self.budget = (self.budget * 2).min(MESSAGE_DATA_BYTES);
+        }
+        self.current.push(chunk);
+        self.size += cost;
+    }
+
+    fn finish(mut self) -> Vec<Vec<TensorChunk>> {
+        if !self.current.is_empty() {
+            self.messages.push(self.current);
+        }
+        self.messages
+    }
 }
 
 /// Appends one length-prefixed gRPC message to `pieces` without copying
@@ -408,6 +423,11 @@ struct Partial {
 
 /// Finds the region a chunk names (only those this side may read).
 pub type RegionLookup = Box<dyn Fn(u64) -> Option<Arc<Region>> + Send + Sync>;
+
+/// The lookup that finds `region` alone.
+pub fn only(region: Arc<Region>) -> RegionLookup {
+    Box::new(move |id| (id == region.id()).then(|| region.clone()))
+}
 
 /// Reassembles the tensors of one stream from its chunks, in order,
 /// checking names, offsets, dtypes, shapes and the [`Limits`].
@@ -787,10 +807,7 @@ mod tests {
         assert_eq!(chunks[1].shm_offset, 4032);
         assert_eq!(cursor, 4032 + 64);
 
-        let lookup = |r: &Arc<Region>| -> RegionLookup {
-            let r = r.clone();
-            Box::new(move |id| (id == r.id()).then(|| r.clone()))
-        };
+        let lookup = |r: &Arc<Region>| only(r.clone());
         let mut asm = Assembler::new(Limits::default()).with_regions(lookup(&region));
         let mut back = vec![];
         for c in messages.iter().flatten() {
