@@ -408,6 +408,7 @@ impl Pool {
         if s.off.is_none() {
             s.off = Some(why);
         }
+        s.count -= s.free.len();
         s.free.clear();
     }
 
@@ -641,6 +642,7 @@ mod tests {
         assert!(matches!(pool.want(Use::Push), Want::Open(9000)));
         assert_eq!(pool.count(), MAX_CLIENT_REGIONS - 1);
         pool.turn_off("test".into());
+        assert_eq!(pool.count(), 0, "the free regions are given up");
         assert!(matches!(pool.want(Use::Push), Want::None));
         assert_eq!(pool.off().as_deref(), Some("test"));
     }
