@@ -151,6 +151,18 @@ impl PsClient {
     /// its clones), with a log line saying why.
     async fn lease(&mut self, kind: Use) -> Option<Lease> {
         let pool = self.shm.clone()?;
+        // Regions given up since the last call are closed at the PS (it
+        // may still hold them for a call that failed; it keeps its own
+        // reference until that call ends).
+        for region in pool.take_closing() {
+            let close = pb::CloseRegionRequest {
+                job_id: self.job.clone(),
+                region,
+            };
+            if let Err(e) = self.inner.close_region(close).await {
+                tracing::debug!(addr = %self.addr, region, error = %e, "closing a region given up");
+            }
+        }
         match pool.want(kind) {
             Want::None => None,
             Want::Lease(lease) => Some(lease),

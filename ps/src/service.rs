@@ -575,6 +575,8 @@ impl ParameterServer for PsService {
         let mut r = pb::StatsResponse {
             bytes_in: inner.bytes_in.load(Ordering::Relaxed),
             bytes_out: inner.bytes_out.load(Ordering::Relaxed),
+            shm_regions: inner.regions.count() as u32,
+            shm_bytes: inner.regions.bytes(),
             ..Default::default()
         };
         if let Some(s) = inner.lock().as_ref() {

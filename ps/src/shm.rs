@@ -310,6 +310,11 @@ impl Regions {
         held(&self.table())
     }
 
+    /// Regions held now.
+    pub fn count(&self) -> usize {
+        self.table().len()
+    }
+
     /// Creates a region of at least `bytes` data bytes for `job`.
     pub fn open(&self, job: &str, bytes: u64) -> Result<Arc<Region>, tonic::Status> {
         if !self.enabled {
@@ -387,6 +392,8 @@ struct PoolState {
     pull_bytes: u64,
     /// A region was ever lent.
     used: bool,
+    /// Regions given up that the PS has not been told to close.
+    closing: Vec<u64>,
 }
 
 /// What a region is lent for: its size is learned from the last of the
@@ -409,7 +416,13 @@ impl Pool {
             s.off = Some(why);
         }
         s.count -= s.free.len();
-        s.free.clear();
+        let given_up: Vec<u64> = s.free.drain(..).map(|r| r.id()).collect();
+        s.closing.extend(given_up);
+    }
+
+    /// The regions given up since the last call, for the PS to close.
+    pub fn take_closing(&self) -> Vec<u64> {
+        std::mem::take(&mut self.state().closing)
     }
 
     /// Why shared memory is off for this client, if it is.
@@ -445,10 +458,11 @@ impl Pool {
         }
         if s.count >= MAX_CLIENT_REGIONS {
             // Make room for a larger one by dropping a free smaller one.
-            if s.free.pop().is_none() {
+            let Some(smaller) = s.free.pop() else {
                 return Want::None;
-            }
+            };
             s.count -= 1;
+            s.closing.push(smaller.id());
         }
         // Room for some growth, so that a slightly larger step does not
         // ask again.
@@ -513,8 +527,10 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if self.region.take().is_some() {
-            self.pool.state().count -= 1;
+        if let Some(region) = self.region.take() {
+            let mut s = self.pool.state();
+            s.count -= 1;
+            s.closing.push(region.id());
         }
     }
 }
@@ -626,6 +642,8 @@ mod tests {
         assert_eq!(lease.region().id(), 1);
         drop(lease);
         assert_eq!(pool.count(), 0, "an abandoned region is given up");
+        assert_eq!(pool.take_closing(), [1], "and closed at the PS");
+        assert!(pool.take_closing().is_empty());
 
         // At most MAX_CLIENT_REGIONS, all lent: the data go in messages.
         let leases: Vec<_> = (0..MAX_CLIENT_REGIONS)
@@ -641,8 +659,10 @@ mod tests {
         leases.into_iter().for_each(Lease::done);
         assert!(matches!(pool.want(Use::Push), Want::Open(9000)));
         assert_eq!(pool.count(), MAX_CLIENT_REGIONS - 1);
+        assert_eq!(pool.take_closing().len(), 1, "the smaller one is closed");
         pool.turn_off("test".into());
         assert_eq!(pool.count(), 0, "the free regions are given up");
+        assert_eq!(pool.take_closing().len(), MAX_CLIENT_REGIONS - 1);
         assert!(matches!(pool.want(Use::Push), Want::None));
         assert_eq!(pool.off().as_deref(), Some("test"));
     }

@@ -172,3 +172,28 @@ async fn a_request_naming_a_region_it_may_not_use_is_refused_or_answered_in_mess
         Code::NotFound
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_given_up_after_a_failed_push_is_closed_at_the_ps() {
+    let server = Server::start().await;
+    let mut c = server.client("job").await;
+    train(&mut c).await;
+    let held = c.stats().await.unwrap().shm_regions as usize;
+    assert!(held >= 1);
+    assert_eq!(held, c.shm_regions());
+    // The PS reads this push from a region, then refuses it: the client
+    // gives the region up (it does not know how far the PS got).
+    let t = tensor(&[300, 1000], 9);
+    let e = c
+        .push(0, 5, false, [("nope", TensorRole::Gradient, &t)])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+    assert_eq!(c.shm_regions(), held - 1);
+    // The next call tells the PS to close it.
+    let names: Vec<String> = variables().into_iter().map(|(n, _)| n).collect();
+    c.pull(&names, 5, WAIT).await.unwrap();
+    let s = c.stats().await.unwrap();
+    assert_eq!(s.shm_regions as usize, c.shm_regions());
+    assert!(s.shm_bytes > 0);
+}
