@@ -155,11 +155,7 @@ impl PsClient {
         // may still hold them for a call that failed; it keeps its own
         // reference until that call ends).
         for region in pool.take_closing() {
-            let close = pb::CloseRegionRequest {
-                job_id: self.job.clone(),
-                region,
-            };
-            if let Err(e) = self.inner.close_region(close).await {
+            if let Err(e) = self.close_region(region).await {
                 tracing::debug!(addr = %self.addr, region, error = %e, "closing a region given up");
             }
         }
@@ -207,15 +203,30 @@ impl PsClient {
         });
         if opened.is_err() {
             // The PS need not keep what this side cannot use.
-            let _ = self
-                .inner
-                .close_region(pb::CloseRegionRequest {
-                    job_id: self.job.clone(),
-                    region: r.region,
-                })
-                .await;
+            let _ = self.close_region(r.region).await;
         }
         opened
+    }
+
+    /// Tells the PS to forget region `region`.
+    async fn close_region(&mut self, region: u64) -> std::result::Result<(), tonic::Status> {
+        let close = pb::CloseRegionRequest {
+            job_id: self.job.clone(),
+            region,
+        };
+        self.inner.close_region(close).await.map(|_| ())
+    }
+
+    /// A push or pull of `bytes` tensor bytes ended well: the next one's
+    /// region is sized from it, and its region, if it had one, may be lent
+    /// again.
+    fn call_done(&self, kind: Use, bytes: u64, lease: Option<Lease>) {
+        if let Some(pool) = &self.shm {
+            pool.learn(kind, bytes);
+        }
+        if let Some(lease) = lease {
+            lease.done();
+        }
     }
 
     pub fn addr(&self) -> &str {
@@ -322,12 +333,7 @@ impl PsClient {
         let version = version.ok_or_else(|| {
             Error::Invalid("the parameter server ended Pull without a message".into())
         })?;
-        if let Some(pool) = &self.shm {
-            pool.learn(Use::Pull, assembler.bytes());
-        }
-        if let Some(lease) = lease {
-            lease.done();
-        }
+        self.call_done(Use::Pull, assembler.bytes(), lease);
         Ok(version)
     }
 
@@ -405,12 +411,7 @@ impl PsClient {
         });
         let requests = futures::stream::once(async { header }).chain(body);
         let reply = self.send_push(requests).await?;
-        if let Some(pool) = &self.shm {
-            pool.learn(Use::Push, total.load(Ordering::Relaxed));
-        }
-        if let Some(lease) = lease {
-            lease.done();
-        }
+        self.call_done(Use::Push, total.load(Ordering::Relaxed), lease);
         Ok(reply)
     }
 
